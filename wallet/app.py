@@ -1,0 +1,72 @@
+"""Application factory: explicit composition; the lifespan owns the engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+
+from wallet import rest
+from wallet.db.engine import create_engine
+from wallet.errors import WalletError
+from wallet.http import (
+    RequestIdMiddleware,
+    handle_database_error,
+    handle_http_exception,
+    handle_unexpected,
+    handle_wallet_error,
+)
+from wallet.logging import configure_logging
+from wallet.settings import Settings
+
+
+def create_app(settings: Settings) -> Starlette:
+    if settings.database_url is None:
+        raise ValueError("create_app needs settings.database_url (wallet serve sets it)")
+    database_url = settings.database_url
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, rest.Resources]]:
+        engine = create_engine(
+            database_url,
+            pool_size=settings.pool_size,
+            pool_timeout_s=settings.pool_timeout_s,
+            lock_timeout_ms=settings.lock_timeout_ms,
+            statement_timeout_ms=settings.statement_timeout_ms,
+        )
+        try:
+            yield {
+                "resources": rest.Resources(
+                    settings=settings,
+                    engine=engine,
+                    autocommit=engine.execution_options(isolation_level="AUTOCOMMIT"),
+                )
+            }
+        finally:
+            await engine.dispose()
+
+    return Starlette(
+        routes=rest.routes,
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={
+            WalletError: handle_wallet_error,
+            HTTPException: handle_http_exception,
+            DBAPIError: handle_database_error,
+            PoolTimeout: handle_database_error,
+            OSError: handle_database_error,
+            Exception: handle_unexpected,
+        },
+        lifespan=lifespan,
+    )
+
+
+def app_from_environment() -> Starlette:
+    """Entry point for uvicorn worker processes (`factory=True`)."""
+    settings = Settings()
+    configure_logging(settings)
+    return create_app(settings)

@@ -1,0 +1,45 @@
+"""Engine factory: one pool per process, created by whoever owns the process's lifetime."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def async_url(url: str) -> str:
+    """Accept `postgresql://` and `postgres://` as well as `postgresql+asyncpg://`."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+asyncpg"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    else:
+        raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}")
+    return parsed.render_as_string(hide_password=False)
+
+
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 8,
+    pool_timeout_s: float = 5.0,
+    lock_timeout_ms: int = 2000,
+    statement_timeout_ms: int = 15000,
+    application_name: str = "wallet",
+) -> AsyncEngine:
+    """A pool sized to the cores, with timeouts so no request waits forever on a lock."""
+    server_settings: dict[str, Any] = {
+        "application_name": application_name,
+        "lock_timeout": str(lock_timeout_ms),
+        "statement_timeout": str(statement_timeout_ms),
+        "idle_in_transaction_session_timeout": str(max(statement_timeout_ms, 60_000)),
+    }
+    return create_async_engine(
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=pool_timeout_s,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"server_settings": server_settings, "timeout": 5},
+    )

@@ -1,0 +1,182 @@
+"""HTTP plumbing shared by every route: JSON envelope, bounded body reading, error mapping."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from wallet.errors import (
+    Busy,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RouteNotFound,
+    Unavailable,
+    ValidationError,
+    WalletError,
+)
+
+log = structlog.get_logger("wallet.http")
+
+# SQLSTATEs that mean "try again shortly", not "you sent something wrong".
+_BUSY_STATES = {
+    "55P03",
+    "57014",
+    "40P01",
+    "40001",
+}  # lock/statement timeout, deadlock, serialization
+_UNAVAILABLE_STATES = {"53300", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def iso(moment: datetime) -> str:
+    """UTC, microseconds, `Z` suffix: sortable and unambiguous for every client."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def ok(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"success": True, "data": data}, status_code=status, headers=headers)
+
+
+def error_body(code: str, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"success": False, "code": code, "message": message}
+    if details:
+        body["details"] = dict(details)
+    return body
+
+
+def error_response(error: WalletError, *, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    all_headers = dict(headers or {})
+    if error.status == 503:
+        all_headers.setdefault("Retry-After", "1")
+    return JSONResponse(
+        error_body(error.code, error.message, error.details),
+        status_code=error.status,
+        headers=all_headers,
+    )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def read_json_object(request: Request, *, limit: int) -> dict[str, Any]:
+    """The body as a JSON object, whatever the Content-Type says; at most `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise ValidationError("The request body is not valid JSON.", field="body") from None
+    if not isinstance(body, dict):
+        raise ValidationError("The request body must be a JSON object.", field="body")
+    return body
+
+
+def map_database_error(error: Exception) -> WalletError | None:
+    """Transient database trouble becomes a retryable 503; anything else is a bug (None)."""
+    if isinstance(error, PoolTimeout):
+        return Busy("All database connections are busy; retry shortly.")
+    if isinstance(error, DBAPIError):
+        state = getattr(error.orig, "sqlstate", None)
+        if state in _BUSY_STATES:
+            return Busy("The wallet is busy with other requests; retry shortly.")
+        if error.connection_invalidated or state in _UNAVAILABLE_STATES:
+            return Unavailable("The database is unavailable; retry shortly.")
+    if isinstance(error, OSError | ConnectionError):
+        return Unavailable("The database is unavailable; retry shortly.")
+    return None
+
+
+async def handle_wallet_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, WalletError)
+    return error_response(exc)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(RouteNotFound("No such route."))
+    if exc.status_code == 405:
+        return error_response(
+            MethodNotAllowed(f"{request.method} is not allowed here."), headers=exc.headers
+        )
+    return JSONResponse(
+        error_body("HTTP_ERROR", str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+def internal_error(request: Request) -> JSONResponse:
+    """A masked 500: a request id to quote, never a trace or SQL (those go to the log)."""
+    request_id = request.scope.get("state", {}).get("request_id", "-")
+    log.exception("unexpected_error", request_id=request_id)
+    return JSONResponse(
+        error_body("INTERNAL_ERROR", f"Unexpected error (request id {request_id})."),
+        status_code=500,
+    )
+
+
+async def handle_database_error(request: Request, exc: Exception) -> Response:
+    mapped = map_database_error(exc)
+    if mapped is None:
+        return internal_error(request)
+    log.warning("database_trouble", error=type(exc).__name__, detail=str(exc)[:300])
+    return error_response(mapped)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    return internal_error(request)
+
+
+class RequestIdMiddleware:
+    """Tag each request with an id (the caller's X-Request-ID if sane) for logs and answers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else None
+        request_id = request_id or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", request_id.encode("latin-1")),
+                ]
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            await self.app(scope, receive, send_with_id)

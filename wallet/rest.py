@@ -1,0 +1,206 @@
+"""The seed-compatible REST routes: parse, call the ledger, shape the legacy envelope."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from wallet import ledger
+from wallet.errors import IdempotencyKeyMissing, InsufficientFunds, Unavailable, ValidationError
+from wallet.http import JSONResponse, error_response, iso, ok, read_json_object
+from wallet.inputs import (
+    parse_amount,
+    parse_asset_slug,
+    parse_idempotency_key,
+    parse_tx_type,
+    parse_user_id,
+    parse_username,
+)
+from wallet.settings import Settings
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What the lifespan opens and every request uses."""
+
+    settings: Settings
+    engine: AsyncEngine
+    autocommit: AsyncEngine  # same pool; a single-statement posting is its own transaction
+
+
+def resources(request: Request) -> Resources:
+    found: Resources = request.state.resources
+    return found
+
+
+async def with_connection(
+    engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]], *, begin: bool = True
+) -> T:
+    """Run `work` on a pooled connection, committing at the end when `begin`.
+
+    A connection the database dropped (restart, terminated backend) is retried once on a fresh
+    one. That is safe for reads, and for postings too: they carry an idempotency key, so a retry
+    of one that did commit replays it instead of posting again.
+    """
+    for attempt in (1, 2):
+        try:
+            async with engine.connect() as conn:
+                if not begin:
+                    return await work(conn)
+                async with conn.begin():
+                    return await work(conn)
+        except DBAPIError as error:
+            if not error.connection_invalidated or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _positive_int_param(request: Request, name: str, *, default: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ValidationError(f"{name} must be an integer from 1 to {maximum}.", field=name)
+    return int(raw)
+
+
+async def get_balance(request: Request) -> Response:
+    user_id = parse_user_id(request.path_params["user_id"])
+    found = await with_connection(
+        resources(request).engine, lambda conn: ledger.balances(conn, user_id)
+    )
+    return ok(
+        [
+            {
+                "id": b.account_id,
+                "slug": b.asset_slug,
+                "name": b.asset_name,
+                "balance": str(b.amount),
+            }
+            for b in found
+        ]
+    )
+
+
+def _outcome_response(outcome: ledger.TransactOutcome) -> Response:
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+    req = outcome.request
+    if outcome.outcome == "INSUFFICIENT_FUNDS":
+        return error_response(
+            InsufficientFunds(
+                f"Insufficient funds: the balance is {outcome.balance_before},"
+                f" the SPEND needs {req.amount}."
+            ),
+            headers=headers,
+        )
+    return ok(
+        {
+            "transactionId": str(outcome.transaction_id),
+            "status": "COMPLETED",
+            "type": req.type,
+            "userId": str(req.user_id),
+            "assetSlug": req.asset_slug,
+            "amount": req.amount,
+            "balanceBefore": str(outcome.balance_before),
+            "balanceAfter": str(outcome.balance_after),
+            "createdAt": iso(outcome.created_at),
+        },
+        headers=headers,
+    )
+
+
+async def post_transact(request: Request) -> Response:
+    res = resources(request)
+    raw_key = request.headers.get("idempotency-key")
+    if raw_key is None:
+        raise IdempotencyKeyMissing("The Idempotency-Key header is required.")
+    key = parse_idempotency_key(raw_key)
+    body = await read_json_object(request, limit=res.settings.max_body_bytes)
+    tx = ledger.TransactRequest(
+        user_id=parse_user_id(body.get("userId")),
+        amount=parse_amount(body.get("amount")),
+        asset_slug=parse_asset_slug(body.get("assetSlug")),
+        type=parse_tx_type(body.get("type")),
+    )
+    outcome = await with_connection(
+        res.autocommit, lambda conn: ledger.transact(conn, tx, key=key), begin=False
+    )
+    return _outcome_response(outcome)
+
+
+async def get_transactions(request: Request) -> Response:
+    user_id = parse_user_id(request.path_params["user_id"])
+    limit = _positive_int_param(request, "limit", default=20, maximum=100)
+    cursor = request.query_params.get("cursor")
+    before = ledger.decode_cursor(cursor) if cursor else None
+    slug = request.query_params.get("assetSlug")
+    asset_slug = parse_asset_slug(slug) if slug is not None else None
+    page = await with_connection(
+        resources(request).engine,
+        lambda conn: ledger.history(
+            conn, user_id, limit=limit, before=before, asset_slug=asset_slug
+        ),
+    )
+    data = [
+        {
+            "transactionId": str(item.transaction_id),
+            "type": item.type,
+            "assetSlug": item.asset_slug,
+            "amount": item.amount,
+            "direction": item.direction,
+            "balanceAfter": str(item.balance_after),
+            "createdAt": iso(item.created_at),
+        }
+        for item in page.items
+    ]
+    return JSONResponse({"success": True, "data": data, "nextCursor": page.next_cursor})
+
+
+async def post_user(request: Request) -> Response:
+    res = resources(request)
+    body = await read_json_object(request, limit=res.settings.max_body_bytes)
+    username = parse_username(body.get("username"))
+    user_id = parse_user_id(body["id"], field="id") if body.get("id") is not None else None
+    user = await with_connection(
+        res.engine, lambda conn: ledger.create_user(conn, username=username, user_id=user_id)
+    )
+    return ok(
+        {"id": str(user.id), "username": user.username, "createdAt": iso(user.created_at)},
+        status=201 if user.created else 200,
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return ok({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    async def ping(conn: AsyncConnection) -> None:
+        await conn.execute(text("SELECT 1"))
+
+    try:
+        await asyncio.wait_for(with_connection(resources(request).engine, ping), timeout=3)
+    except (TimeoutError, SQLAlchemyError, OSError):
+        return error_response(Unavailable("The database is not reachable."))
+    return ok({"status": "ready"})
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/api/wallet/balance/{user_id}", get_balance, methods=["GET"]),
+    Route("/api/wallet/transact", post_transact, methods=["POST"]),
+    Route("/api/wallet/transactions/{user_id}", get_transactions, methods=["GET"]),
+    Route("/api/users", post_user, methods=["POST"]),
+]
