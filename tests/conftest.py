@@ -121,11 +121,22 @@ def free_port() -> int:
         return port
 
 
-def start_server(database_url: str, *, workers: int = 1, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    database_url: str, *, workers: int = 1, **env: str
+) -> tuple[subprocess.Popen[bytes], str]:
     """`wallet serve` in a child process; returns it and its base URL once it answers."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wallet.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        [
+            sys.executable,
+            "-m",
+            "wallet.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
         env={**os.environ, "DATABASE_URL": database_url, "WALLET_ENV": "test", **env},
         cwd=ROOT,
     )

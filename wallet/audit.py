@@ -119,8 +119,7 @@ class AuditReport:
 
 
 async def audit(conn: AsyncConnection) -> AuditReport:
-    """Run every check in one REPEATABLE READ snapshot, so concurrent postings cannot skew it."""
-    await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+    """Run every check; run it under REPEATABLE READ so concurrent postings cannot skew it."""
     breaches: dict[str, list[str]] = {}
     for name, sql in _CHECKS:
         found = list((await conn.execute(text(sql))).scalars())

@@ -39,14 +39,21 @@ def migrate(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
-def _run(database_url: str, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+def _run(
+    database_url: str,
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    isolation_level: str = "READ COMMITTED",
+) -> T:
     """Run `work` in one committed transaction on a short-lived engine."""
 
     async def main() -> T:
         engine = create_engine(database_url, pool_size=1)
         try:
-            async with engine.begin() as conn:
-                return await work(conn)
+            async with engine.connect() as conn:
+                await conn.execution_options(isolation_level=isolation_level)
+                async with conn.begin():
+                    return await work(conn)
         finally:
             await engine.dispose()
 
@@ -109,7 +116,7 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     with database(settings, stop_embedded=False) as url:
-        report = _run(url, audit)
+        report = _run(url, audit, isolation_level="REPEATABLE READ")
     print(report.render())
     return 0 if report.ok else 1
 

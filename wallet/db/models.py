@@ -5,7 +5,16 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, LargeBinary, MetaData, SmallInteger, Text, text
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    ForeignKeyConstraint,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Text,
+    text,
+)
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TIMESTAMP
@@ -76,6 +85,9 @@ class Entry(Base):
     """One side of a transaction; `balance_after` and `account_version` make history a lookup."""
 
     __tablename__ = "entries"
+    __table_args__ = (
+        ForeignKeyConstraint(["account_id", "asset_id"], ["accounts.id", "accounts.asset_id"]),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     transaction_id: Mapped[uuid.UUID] = mapped_column(

@@ -1,0 +1,159 @@
+"""`wallet audit` holds after a random workload and catches every kind of breach."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tests.conftest import ROOT, create_database, drop_database
+from tests.factories import Factory
+from wallet import ledger
+from wallet.audit import audit
+from wallet.cli import _run, migrate
+from wallet.inputs import TxType
+from wallet.seed import seed
+
+
+async def test_audit_passes_after_a_random_concurrent_workload(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    rng = random.Random(20261124)
+    users = [await factory.user(gold=rng.randint(0, 50)) for _ in range(12)]
+
+    async def one() -> None:
+        kind: TxType = rng.choice(["TOPUP", "SPEND", "SPEND", "BONUS"])
+        slug = rng.choice(["gold_coins", "gold_coins", "diamonds"])
+        await factory.transact(rng.choice(users), rng.randint(1, 30), kind, slug=slug)
+
+    await asyncio.gather(*(one() for _ in range(300)))
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="REPEATABLE READ")
+        report = await audit(conn)
+    assert report.ok, report.render()
+    gold = next(a for a in report.assets if a.slug == "gold_coins")
+    assert gold.circulating == -gold.treasury > 0
+
+
+@pytest.mark.parametrize(
+    ("corruption", "check"),
+    [
+        (
+            "UPDATE accounts SET balance = balance + 1 WHERE user_id = :u",
+            "each stored balance equals the sum of its entries",
+        ),
+        (
+            "UPDATE accounts SET version = version + 1 WHERE user_id = :u",
+            "each stored balance equals the sum of its entries",
+        ),
+        (
+            "ALTER TABLE entries DISABLE TRIGGER USER;"
+            " UPDATE entries SET amount = amount + 1 WHERE direction = 'CREDIT' AND account_id ="
+            " (SELECT id FROM accounts WHERE user_id = :u)",
+            "debits equal credits per asset",
+        ),
+        (
+            "ALTER TABLE accounts DROP CONSTRAINT ck_accounts_user_balance_non_negative;"
+            " UPDATE accounts SET balance = -5 WHERE user_id = :u",
+            "no user balance is negative",
+        ),
+    ],
+    ids=["balance drift", "version drift", "unbalanced entry", "negative user"],
+)
+async def test_audit_reports_a_breach(
+    engine: AsyncEngine, factory: Factory, corruption: str, check: str
+) -> None:
+    """Corrupt inside a transaction, audit inside it, roll back: the breach is named."""
+    user = await factory.user(gold=20)
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="REPEATABLE READ")
+        trans = await conn.begin()
+        for statement in corruption.split(";"):
+            await conn.execute(text(statement), {"u": user} if ":u" in statement else {})
+        report = await audit(conn)
+        await trans.rollback()
+    assert not report.ok
+    assert check in report.breaches
+    assert "AUDIT FAILED" in report.render()
+
+
+@pytest.fixture
+def scratch_database(server_url: str) -> Iterator[str]:
+    url = create_database(server_url, "wallet_audit")
+    migrate(url)
+    _run(url, seed)
+    yield url
+    drop_database(server_url, url)
+
+
+def wallet_cli(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wallet.cli", *args],
+        env={**os.environ, "DATABASE_URL": database_url},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_audit_command_exits_non_zero_with_a_readable_report(scratch_database: str) -> None:
+    clean = wallet_cli("audit", database_url=scratch_database)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "audit passed" in clean.stdout
+    assert "gold_coins: 2 transactions, 150 held by users, treasury -150" in clean.stdout
+
+    async def corrupt(conn: AsyncConnection) -> None:
+        await conn.execute(text("UPDATE accounts SET balance = balance + 1 WHERE kind = 'USER'"))
+
+    _run(scratch_database, corrupt)
+    broken = wallet_cli("audit", database_url=scratch_database)
+    assert broken.returncode == 1
+    assert "[FAIL] each stored balance equals the sum of its entries" in broken.stdout
+    assert "AUDIT FAILED" in broken.stdout
+
+
+def test_seed_is_re_runnable(scratch_database: str) -> None:
+    again = wallet_cli("seed", database_url=scratch_database)
+    assert again.returncode == 0, again.stderr
+    report = wallet_cli("audit", database_url=scratch_database)
+    assert "gold_coins: 2 transactions, 150 held by users" in report.stdout
+
+
+async def test_purge_idempotency_removes_only_expired_keys(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    user = await factory.user(gold=10)
+    old_key, new_key = f"old-{uuid.uuid4()}", f"new-{uuid.uuid4()}"
+    async with engine.begin() as conn:
+        for key in (old_key, new_key):
+            await ledger.transact(
+                conn, ledger.TransactRequest(user, "gold_coins", 1, "SPEND"), key=key
+            )
+        await conn.execute(
+            text(
+                "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = :k"
+            ),
+            {"k": old_key},
+        )
+    async with engine.begin() as conn:
+        removed = await ledger.purge_idempotency(conn, older_than=timedelta(hours=24))
+        left = set(
+            (
+                await conn.execute(
+                    text("SELECT key FROM idempotency_keys WHERE key IN (:a, :b)"),
+                    {"a": old_key, "b": new_key},
+                )
+            ).scalars()
+        )
+    assert removed >= 1
+    assert left == {new_key}

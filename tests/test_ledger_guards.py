@@ -1,0 +1,179 @@
+"""The database itself enforces the ledger's invariants, whatever code talks to it."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tests.factories import Factory
+
+
+def sqlstate(error: DBAPIError) -> str | None:
+    state: str | None = getattr(error.orig, "sqlstate", None)
+    return state
+
+
+async def _accounts(conn: AsyncConnection, user_id: uuid.UUID) -> tuple[int, int, int]:
+    """(user account id, a treasury shard id, asset id) for the user's gold_coins."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT u.id AS user_acc, t.id AS treasury, u.asset_id FROM accounts u"
+                " JOIN accounts t ON t.asset_id = u.asset_id AND t.kind = 'TREASURY'"
+                " JOIN assets a ON a.id = u.asset_id AND a.slug = 'gold_coins'"
+                " WHERE u.user_id = :u ORDER BY t.id LIMIT 1"
+            ),
+            {"u": user_id},
+        )
+    ).one()
+    return row.user_acc, row.treasury, row.asset_id
+
+
+async def _insert_transaction(
+    conn: AsyncConnection, user_id: uuid.UUID, asset_id: int, amount: int
+) -> uuid.UUID:
+    txn = uuid.uuid4()
+    await conn.execute(
+        text(
+            "INSERT INTO transactions (id, type, asset_id, user_id, amount)"
+            " VALUES (:id, 'TOPUP', :asset, :user, :amount)"
+        ),
+        {"id": txn, "asset": asset_id, "user": user_id, "amount": amount},
+    )
+    return txn
+
+
+async def _insert_entry(
+    conn: AsyncConnection, txn: uuid.UUID, account: int, asset_id: int, direction: str, amount: int
+) -> None:
+    await conn.execute(
+        text(
+            "INSERT INTO entries (transaction_id, account_id, asset_id, direction, amount,"
+            " balance_after, account_version)"
+            " VALUES (:txn, :acc, :asset, :dir, :amount, 0, 1000000 + floor(random() * 1e9))"
+        ),
+        {"txn": txn, "acc": account, "asset": asset_id, "dir": direction, "amount": amount},
+    )
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE transactions SET amount = amount + 1 WHERE user_id = :u",
+        "DELETE FROM transactions WHERE user_id = :u",
+        "UPDATE entries SET amount = amount + 1 WHERE transaction_id IN"
+        " (SELECT id FROM transactions WHERE user_id = :u)",
+        "DELETE FROM entries WHERE transaction_id IN"
+        " (SELECT id FROM transactions WHERE user_id = :u)",
+        "TRUNCATE entries CASCADE",
+        "TRUNCATE transactions CASCADE",
+    ],
+)
+async def test_ledger_tables_are_append_only(
+    engine: AsyncEngine, factory: Factory, statement: str
+) -> None:
+    user = await factory.user(gold=10)
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            await conn.execute(text(statement), {"u": user})
+    assert sqlstate(caught.value) == "W0101"
+    assert await factory.balance(user) == 10
+
+
+async def test_one_sided_transaction_is_rejected_at_commit(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    user = await factory.user(gold=1)
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            user_acc, _, asset = await _accounts(conn, user)
+            txn = await _insert_transaction(conn, user, asset, 5)
+            await _insert_entry(conn, txn, user_acc, asset, "CREDIT", 5)
+    assert sqlstate(caught.value) == "W0100"
+
+
+async def test_transaction_without_entries_is_rejected(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    user = await factory.user(gold=1)
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            _, _, asset = await _accounts(conn, user)
+            await _insert_transaction(conn, user, asset, 5)
+    assert sqlstate(caught.value) == "W0100"
+
+
+@pytest.mark.parametrize(
+    ("debit", "credit", "directions"),
+    [(5, 6, ("DEBIT", "CREDIT")), (5, 5, ("CREDIT", "CREDIT")), (4, 4, ("DEBIT", "CREDIT"))],
+    ids=["amounts differ", "two credits", "not the transaction amount"],
+)
+async def test_unbalanced_pair_is_rejected(
+    engine: AsyncEngine,
+    factory: Factory,
+    debit: int,
+    credit: int,
+    directions: tuple[str, str],
+) -> None:
+    user = await factory.user(gold=1)
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            user_acc, treasury, asset = await _accounts(conn, user)
+            txn = await _insert_transaction(conn, user, asset, 5)
+            await _insert_entry(conn, txn, treasury, asset, directions[0], debit)
+            await _insert_entry(conn, txn, user_acc, asset, directions[1], credit)
+    assert sqlstate(caught.value) == "W0100"
+
+
+async def test_a_third_entry_added_later_is_rejected(engine: AsyncEngine, factory: Factory) -> None:
+    user = await factory.user(gold=3)
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            user_acc, _, asset = await _accounts(conn, user)
+            txn = await conn.scalar(
+                text("SELECT id FROM transactions WHERE user_id = :u"), {"u": user}
+            )
+            assert isinstance(txn, uuid.UUID)
+            await _insert_entry(conn, txn, user_acc, asset, "CREDIT", 3)
+    assert sqlstate(caught.value) == "W0100"
+
+
+async def test_a_balanced_hand_written_transaction_is_accepted(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    """The guard is not a blanket refusal: a correct pair commits (then rolls back here)."""
+    user = await factory.user(gold=1)
+    async with engine.connect() as conn:
+        trans = await conn.begin()
+        user_acc, treasury, asset = await _accounts(conn, user)
+        txn = await _insert_transaction(conn, user, asset, 5)
+        await _insert_entry(conn, txn, treasury, asset, "DEBIT", 5)
+        await _insert_entry(conn, txn, user_acc, asset, "CREDIT", 5)
+        await conn.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))  # runs the deferred check now
+        await trans.rollback()
+
+
+async def test_user_balance_cannot_go_negative(engine: AsyncEngine, factory: Factory) -> None:
+    user = await factory.user(gold=2)
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE accounts SET balance = -1 WHERE user_id = :u"), {"u": user}
+            )
+    assert sqlstate(caught.value) == "23514"  # check_violation
+
+
+async def test_treasury_may_go_negative(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        total = await conn.scalar(
+            text(
+                "SELECT sum(balance) FROM accounts a JOIN assets s ON s.id = a.asset_id"
+                " WHERE a.kind = 'TREASURY' AND s.slug = 'gold_coins'"
+            )
+        )
+    assert total is not None
+    assert total < 0
