@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 3000
 
 .PHONY: install run test lint format lock bench clean
 
@@ -14,7 +16,7 @@ $(BIN)/wallet: requirements.lock pyproject.toml
 install: $(BIN)/wallet
 
 run: install  ## the service on the embedded PostgreSQL (or DATABASE_URL), port 3000
-	$(BIN)/wallet serve
+	$(BIN)/wallet serve --host $(HOST) --port $(PORT)
 
 test: install  ## the whole suite against a real PostgreSQL
 	$(BIN)/pytest

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -56,7 +57,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if _reachable(url):
         yield url
         return
-    data_dir = Path("/tmp") / f"wallet-test-pg-{os.getuid()}"  # world-traversable parents
+    data_dir = Path(tempfile.gettempdir()) / f"wallet-test-pg-{os.getuid()}"  # traversable parents
     embedded = EmbeddedPostgres(data_dir)
     wallet_url = embedded.start()
     try:

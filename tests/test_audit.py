@@ -141,7 +141,8 @@ async def test_purge_idempotency_removes_only_expired_keys(
             )
         await conn.execute(
             text(
-                "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = :k"
+                "UPDATE idempotency_keys SET created_at = now() - interval '25 hours'"
+                " WHERE key = :k"
             ),
             {"k": old_key},
         )
