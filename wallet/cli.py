@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from types import FrameType
 from typing import TypeVar
 
 import structlog
@@ -19,6 +21,7 @@ from wallet import ledger
 from wallet.audit import audit
 from wallet.db.engine import create_engine
 from wallet.embedded import EmbeddedError, EmbeddedPostgres
+from wallet.http import JSONHttpToolsProtocol
 from wallet.logging import configure_logging
 from wallet.seed import seed
 from wallet.settings import Settings
@@ -77,9 +80,17 @@ def database(settings: Settings, *, stop_embedded: bool) -> Iterator[str]:
             embedded.stop()
 
 
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM as SystemExit, so that `finally` blocks (stopping the embedded server) run."""
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it under the handler it found;
+    # the default one would kill us before `database` stops the embedded server.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with database(settings, stop_embedded=True) as url:
         os.environ["DATABASE_URL"] = url  # worker processes read their settings from here
         log.info("serving", host=args.host, port=args.port, workers=args.workers)
@@ -90,7 +101,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             port=args.port,
             workers=args.workers,
             loop="uvloop",
-            http="httptools",
+            http=JSONHttpToolsProtocol,
             access_log=False,
             timeout_graceful_shutdown=30,
             log_level=settings.log_level.lower(),

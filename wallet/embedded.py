@@ -30,12 +30,16 @@ class EmbeddedError(RuntimeError):
     """The embedded server cannot be used here; the message says why and what to do."""
 
 
+# What the wheel, as root, adds to every parent directory (`ensure_prefix_permissions`).
+WIDENED_BITS = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
+
+
 def private_ancestors(path: Path) -> list[Path]:
-    """Directories above `path` that other users cannot traverse."""
+    """Directories above `path` that not everyone may list and enter: the wheel would widen them."""
     return [
         parent
         for parent in path.resolve().parents
-        if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH
+        if parent.exists() and parent.stat().st_mode & WIDENED_BITS != WIDENED_BITS
     ]
 
 
@@ -54,11 +58,11 @@ def check_location(data_dir: Path) -> None:
         if private:
             raise EmbeddedError(
                 f"Refusing to start the embedded PostgreSQL: its {what} ({path}) lies under "
-                f"{private[0]}, which other users cannot enter. Run as root, the embedded server "
-                "runs as the system user 'embedded_postgres' and would make every parent directory "
-                "readable by everyone. Put the data directory (WALLET_DATA_DIR) and the project "
-                "under a world-traversable path such as /srv or /var/lib, run as a normal user, "
-                "or set DATABASE_URL to use an existing PostgreSQL."
+                f"{private[0]}, which not every user may list and enter. Run as root, the embedded "
+                "server runs as the system user 'embedded_postgres' and would make every parent "
+                "directory readable by everyone. Put the data directory (WALLET_DATA_DIR) and the "
+                "project under a world-readable path such as /srv or /var/lib, run as a normal "
+                "user, or set DATABASE_URL to use an existing PostgreSQL."
             )
 
 

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from wallet.errors import (
     Busy,
@@ -73,8 +74,16 @@ def error_response(error: WalletError, *, headers: Mapping[str, str] | None = No
     )
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+class NotANumber:
+    """Stands in for what JSON cannot carry exactly (NaN, Infinity, huge integers), so that the
+    field holding it is refused by name instead of the whole body."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _parse_int(text: str) -> int | NotANumber:
+    return int(text) if len(text) <= 40 else NotANumber(text)
 
 
 async def read_json_object(request: Request, *, limit: int) -> dict[str, Any]:
@@ -91,7 +100,7 @@ async def read_json_object(request: Request, *, limit: int) -> dict[str, Any]:
         chunks.append(chunk)
     raw = b"".join(chunks)
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = json.loads(raw, parse_constant=NotANumber, parse_int=_parse_int)
     except (ValueError, RecursionError):
         raise ValidationError("The request body is not valid JSON.", field="body") from None
     if not isinstance(body, dict):
@@ -180,3 +189,25 @@ class RequestIdMiddleware:
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             await self.app(scope, receive, send_with_id)
+
+
+class JSONHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn answers requests it cannot parse (say, a control character in a header) itself,
+    in plain text; this keeps even those answers in the JSON envelope."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = orjson.dumps(
+            error_body("VALIDATION_ERROR", "The request is not valid HTTP (a malformed header?).")
+        )
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in self.server_state.default_headers:
+            head.extend([name, b": ", value, b"\r\n"])
+        head.extend(
+            [
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"connection: close\r\n\r\n",
+            ]
+        )
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()

@@ -12,10 +12,9 @@ TxType = Literal["TOPUP", "SPEND", "BONUS"]
 TX_TYPES: tuple[str, ...] = get_args(TxType)
 
 MAX_AMOUNT = 9_007_199_254_740_991  # 2**53 - 1: exact in every JSON parser clients use
-_DIGITS = re.compile(r"[1-9][0-9]{0,15}")
+_DIGITS = re.compile(r"[0-9]{1,64}")  # leading zeros allowed ("05" is five); length bounded
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _KEY = re.compile(r"[\x20-\x7e]{1,255}")
-_SLUG = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 def parse_amount(value: object, *, field: str = "amount") -> int:
@@ -42,21 +41,35 @@ def parse_user_id(value: object, *, field: str = "userId") -> uuid.UUID:
     return uuid.UUID(value)
 
 
+def _is_storable(value: str) -> bool:
+    """PostgreSQL text holds neither NUL nor lone surrogates (which are not UTF-8)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_asset_slug(value: object, *, field: str = "assetSlug") -> str:
     """An asset's slug; a well-formed slug that names no asset is a 404, not a 400."""
-    if not isinstance(value, str) or not 1 <= len(value) <= 64:
+    if not isinstance(value, str) or not 1 <= len(value) <= 64 or not _is_storable(value):
         raise ValidationError(f"{field} must be a string of 1 to 64 characters.", field=field)
     return value
-
-
-def is_asset_slug(value: str) -> bool:
-    return _SLUG.fullmatch(value) is not None
 
 
 def parse_tx_type(value: object, *, field: str = "type") -> TxType:
     if not isinstance(value, str) or value not in TX_TYPES:
         raise ValidationError(f"{field} must be one of {', '.join(TX_TYPES)}.", field=field)
     return cast(TxType, value)
+
+
+def parse_positive_int(raw: str, *, field: str, maximum: int) -> int:
+    """A query-string integer from 1 to `maximum`."""
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 6 or not 1 <= int(raw) <= maximum:
+        raise ValidationError(f"{field} must be an integer from 1 to {maximum}.", field=field)
+    return int(raw)
 
 
 def parse_idempotency_key(value: str, *, field: str = "Idempotency-Key") -> str:
@@ -71,6 +84,7 @@ def parse_username(value: object, *, field: str = "username") -> str:
         or not 1 <= len(value) <= 64
         or value != value.strip()
         or not value.isprintable()
+        or not _is_storable(value)
     ):
         raise ValidationError(
             f"{field} must be 1 to 64 printable characters without surrounding spaces.",

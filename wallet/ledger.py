@@ -58,6 +58,7 @@ Outcome = Literal["COMPLETED", "INSUFFICIENT_FUNDS"]
 Direction = Literal["DEBIT", "CREDIT"]
 
 TRANSACT_ROUTE = "POST /api/wallet/transact"
+MAX_ENTRY_ID = 2**63 - 1  # entries.id is a bigint
 
 _TRANSACT_SQL = text(
     "SELECT outcome, replayed, fingerprint_matches, transaction_id, balance_before,"
@@ -212,6 +213,8 @@ def decode_cursor(cursor: str) -> int:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
         prefix, _, number = raw.partition(":")
         if prefix != "e" or not number.isdigit() or len(number) > 19:
+            raise ValueError(raw)
+        if int(number) > MAX_ENTRY_ID:
             raise ValueError(raw)
         return int(number)
     except ValueError:

@@ -15,12 +15,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from wallet import ledger
-from wallet.errors import IdempotencyKeyMissing, InsufficientFunds, Unavailable, ValidationError
+from wallet.errors import IdempotencyKeyMissing, InsufficientFunds, Unavailable
 from wallet.http import JSONResponse, error_response, iso, ok, read_json_object
 from wallet.inputs import (
     parse_amount,
     parse_asset_slug,
     parse_idempotency_key,
+    parse_positive_int,
     parse_tx_type,
     parse_user_id,
     parse_username,
@@ -64,15 +65,6 @@ async def with_connection(
             if not error.connection_invalidated or attempt == 2:
                 raise
     raise AssertionError("unreachable")
-
-
-def _positive_int_param(request: Request, name: str, *, default: int, maximum: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise ValidationError(f"{name} must be an integer from 1 to {maximum}.", field=name)
-    return int(raw)
 
 
 async def get_balance(request: Request) -> Response:
@@ -141,7 +133,8 @@ async def post_transact(request: Request) -> Response:
 
 async def get_transactions(request: Request) -> Response:
     user_id = parse_user_id(request.path_params["user_id"])
-    limit = _positive_int_param(request, "limit", default=20, maximum=100)
+    raw_limit = request.query_params.get("limit")
+    limit = 20 if raw_limit is None else parse_positive_int(raw_limit, field="limit", maximum=100)
     cursor = request.query_params.get("cursor")
     before = ledger.decode_cursor(cursor) if cursor else None
     slug = request.query_params.get("assetSlug")
