@@ -39,6 +39,6 @@ class Factory:
     async def balance(self, user_id: uuid.UUID, slug: str = "gold_coins") -> int:
         async with self.engine.connect() as conn:
             for b in await ledger.balances(conn, user_id):
-                if b.asset_slug == slug:
+                if b.asset.slug == slug:
                     return b.amount
         return 0

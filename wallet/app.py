@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from wallet import rest
 from wallet.db.engine import create_engine
 from wallet.errors import WalletError
+from wallet.feed import BalanceFeed
 from wallet.http import (
     RequestIdMiddleware,
     handle_database_error,
@@ -22,6 +23,7 @@ from wallet.http import (
     handle_wallet_error,
 )
 from wallet.logging import configure_logging
+from wallet.resources import Resources
 from wallet.settings import Settings
 
 
@@ -31,7 +33,7 @@ def create_app(settings: Settings) -> Starlette:
     database_url = settings.database_url
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, rest.Resources]]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Resources]]:
         engine = create_engine(
             database_url,
             pool_size=settings.pool_size,
@@ -39,15 +41,18 @@ def create_app(settings: Settings) -> Starlette:
             lock_timeout_ms=settings.lock_timeout_ms,
             statement_timeout_ms=settings.statement_timeout_ms,
         )
+        feed = BalanceFeed(database_url)
         try:
             yield {
-                "resources": rest.Resources(
+                "resources": Resources(
                     settings=settings,
                     engine=engine,
                     autocommit=engine.execution_options(isolation_level="AUTOCOMMIT"),
+                    feed=feed,
                 )
             }
         finally:
+            await feed.close()
             await engine.dispose()
 
     return Starlette(

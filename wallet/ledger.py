@@ -35,12 +35,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import orjson
-from sqlalchemy import bindparam, delete, func, select, text
+from sqlalchemy import Row, bindparam, delete, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -103,12 +104,31 @@ class TransactOutcome:
 
 
 @dataclass(frozen=True, slots=True)
-class Balance:
-    account_id: int
-    asset_slug: str
-    asset_name: str
+class AssetInfo:
+    id: int
+    slug: str
+    name: str
     decimals: int
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """A user's account in one asset; `version` counts its entries (it orders balance changes)."""
+
+    account_id: int
+    asset: AssetInfo
     amount: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionRecord:
+    id: uuid.UUID
+    type: TxType
+    asset_id: int
+    user_id: uuid.UUID
+    amount: int
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +136,7 @@ class HistoryItem:
     entry_id: int
     transaction_id: uuid.UUID
     type: TxType
-    asset_slug: str
+    asset: AssetInfo
     amount: int
     direction: Direction
     balance_after: int
@@ -188,19 +208,72 @@ async def user_exists(conn: AsyncConnection, user_id: uuid.UUID) -> bool:
     return found is not None
 
 
+async def users_by_id(
+    conn: AsyncConnection, user_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, UserRecord]:
+    rows = await conn.execute(
+        select(User.id, User.username, User.created_at).where(User.id.in_(user_ids))
+    )
+    return {r.id: UserRecord(r.id, r.username, r.created_at, created=False) for r in rows}
+
+
+def _asset(row: Row[Any, *tuple[Any, ...]]) -> AssetInfo:
+    return AssetInfo(row.asset_id, row.slug, row.name, row.decimals)
+
+
+_ASSET_COLUMNS = (Asset.id.label("asset_id"), Asset.slug, Asset.name, Asset.decimals)
+
+
+async def assets(conn: AsyncConnection) -> list[AssetInfo]:
+    return [_asset(r) for r in await conn.execute(select(*_ASSET_COLUMNS).order_by(Asset.slug))]
+
+
+async def assets_by_id(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, AssetInfo]:
+    rows = await conn.execute(select(*_ASSET_COLUMNS).where(Asset.id.in_(ids)))
+    return {r.asset_id: _asset(r) for r in rows}
+
+
+async def balances_by_user(
+    conn: AsyncConnection, user_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[Balance]]:
+    """Each user's accounts, by asset slug; users without accounts map to []."""
+    rows = await conn.execute(
+        select(Account.user_id, Account.id, Account.balance, Account.version, *_ASSET_COLUMNS)
+        .join(Asset, Asset.id == Account.asset_id)
+        .where(Account.user_id.in_(user_ids), Account.kind == "USER")
+        .order_by(Asset.slug)
+    )
+    found: dict[uuid.UUID, list[Balance]] = {user_id: [] for user_id in user_ids}
+    for r in rows:
+        found[r.user_id].append(Balance(r.id, _asset(r), r.balance, r.version))
+    return found
+
+
 async def balances(conn: AsyncConnection, user_id: uuid.UUID) -> list[Balance]:
     """One row per asset the user holds an account for, by asset slug."""
-    rows = (
-        await conn.execute(
-            select(Account.id, Asset.slug, Asset.name, Asset.decimals, Account.balance)
-            .join(Asset, Asset.id == Account.asset_id)
-            .where(Account.user_id == user_id, Account.kind == "USER")
-            .order_by(Asset.slug)
-        )
-    ).all()
-    if not rows and not await user_exists(conn, user_id):
+    found = (await balances_by_user(conn, [user_id]))[user_id]
+    if not found and not await user_exists(conn, user_id):
         raise UserNotFound(f"User {user_id} not found.")
-    return [Balance(r.id, r.slug, r.name, r.decimals, r.balance) for r in rows]
+    return found
+
+
+async def transactions_by_id(
+    conn: AsyncConnection, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, TransactionRecord]:
+    rows = await conn.execute(
+        select(
+            Transaction.id,
+            Transaction.type,
+            Transaction.asset_id,
+            Transaction.user_id,
+            Transaction.amount,
+            Transaction.created_at,
+        ).where(Transaction.id.in_(ids))
+    )
+    return {
+        r.id: TransactionRecord(r.id, r.type, r.asset_id, r.user_id, r.amount, r.created_at)
+        for r in rows
+    }
 
 
 def encode_cursor(entry_id: int) -> str:
@@ -230,6 +303,7 @@ async def history(
     limit: int,
     before: int | None = None,
     asset_slug: str | None = None,
+    tx_type: TxType | None = None,
 ) -> HistoryPage:
     """The user's entries, newest first, keyset-paginated on the entry id.
 
@@ -248,7 +322,7 @@ async def history(
             Entry.id,
             Entry.transaction_id,
             Transaction.type,
-            Asset.slug,
+            *_ASSET_COLUMNS,
             Entry.amount,
             Entry.direction,
             Entry.balance_after,
@@ -265,13 +339,15 @@ async def history(
         query = query.where(Entry.id < before)
     if asset_slug is not None:
         query = query.where(Asset.slug == asset_slug)
+    if tx_type is not None:
+        query = query.where(Transaction.type == tx_type)
     rows = (await conn.execute(query)).all()
     items = [
         HistoryItem(
             entry_id=r.id,
             transaction_id=r.transaction_id,
             type=r.type,
-            asset_slug=r.slug,
+            asset=_asset(r),
             amount=r.amount,
             direction=r.direction,
             balance_after=r.balance_after,

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,45 +23,7 @@ from wallet.inputs import (
     parse_user_id,
     parse_username,
 )
-from wallet.settings import Settings
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Resources:
-    """What the lifespan opens and every request uses."""
-
-    settings: Settings
-    engine: AsyncEngine
-    autocommit: AsyncEngine  # same pool; a single-statement posting is its own transaction
-
-
-def resources(request: Request) -> Resources:
-    found: Resources = request.state.resources
-    return found
-
-
-async def with_connection(
-    engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]], *, begin: bool = True
-) -> T:
-    """Run `work` on a pooled connection, committing at the end when `begin`.
-
-    A connection the database dropped (restart, terminated backend) is retried once on a fresh
-    one. That is safe for reads, and for postings too: they carry an idempotency key, so a retry
-    of one that did commit replays it instead of posting again.
-    """
-    for attempt in (1, 2):
-        try:
-            async with engine.connect() as conn:
-                if not begin:
-                    return await work(conn)
-                async with conn.begin():
-                    return await work(conn)
-        except DBAPIError as error:
-            if not error.connection_invalidated or attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+from wallet.resources import resources, with_connection
 
 
 async def get_balance(request: Request) -> Response:
@@ -76,8 +35,8 @@ async def get_balance(request: Request) -> Response:
         [
             {
                 "id": b.account_id,
-                "slug": b.asset_slug,
-                "name": b.asset_name,
+                "slug": b.asset.slug,
+                "name": b.asset.name,
                 "balance": str(b.amount),
             }
             for b in found
@@ -149,7 +108,7 @@ async def get_transactions(request: Request) -> Response:
         {
             "transactionId": str(item.transaction_id),
             "type": item.type,
-            "assetSlug": item.asset_slug,
+            "assetSlug": item.asset.slug,
             "amount": item.amount,
             "direction": item.direction,
             "balanceAfter": str(item.balance_after),

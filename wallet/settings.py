@@ -30,3 +30,17 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = False
+
+    graphiql: bool = True  # served only outside production
+    cors_origins: str = ""  # comma-separated frontend origins allowed to call the API
+    graphql_max_depth: int = Field(default=10, ge=2)
+    graphql_max_tokens: int = Field(default=2000, ge=100)
+    graphql_max_aliases: int = Field(default=20, ge=1)
+
+    @property
+    def graphiql_enabled(self) -> bool:
+        return self.graphiql and self.env != "production"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]

@@ -263,6 +263,11 @@ BEGIN
            balance_after = v_balance
      WHERE k.scope = p_scope AND k.key = p_key;
 
+    -- Delivered to LISTENers at commit, never before and never for a rollback.
+    PERFORM pg_notify('wallet_balance', json_build_object(
+        'userId', p_user, 'assetSlug', p_asset, 'balance', v_balance::text, 'version', v_version
+    )::text);
+
     RETURN QUERY SELECT 'COMPLETED'::text, false, true, p_txn,
         v_balance - CASE WHEN p_type = 'SPEND' THEN -p_amount ELSE p_amount END, v_balance, v_now;
 END $$;
