@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
-.PHONY: install run test lint format lock bench clean
+.PHONY: install run test lint format lock schema bench clean
 
 $(BIN)/wallet: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,12 @@ $(BIN)/wallet: requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-install: $(BIN)/wallet
+# GraphiQL's browser assets, pinned by web/package-lock.json and served by the service itself.
+web/node_modules/.package-lock.json: web/package-lock.json
+	@if command -v npm >/dev/null; then cd web && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the API works, the GraphiQL page will lack its assets"; fi
+
+install: $(BIN)/wallet web/node_modules/.package-lock.json
 
 run: install  ## the service on the embedded PostgreSQL (or DATABASE_URL), port 3000
 	$(BIN)/wallet serve --host $(HOST) --port $(PORT)
@@ -33,6 +38,9 @@ format: install
 lock:  ## re-resolve requirements.lock after editing pyproject.toml (needs uv)
 	uv pip compile pyproject.toml --group dev --generate-hashes --no-header \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+schema: install  ## regenerate schema.graphql, the committed GraphQL SDL snapshot
+	$(BIN)/python -m wallet.schema.build > schema.graphql
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

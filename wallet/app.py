@@ -10,12 +10,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 
 from wallet import rest
 from wallet.db.engine import create_engine
 from wallet.errors import WalletError
 from wallet.feed import BalanceFeed
+from wallet.graphql_app import graphql_routes
 from wallet.http import (
+    BodyLimitMiddleware,
     RequestIdMiddleware,
     handle_database_error,
     handle_http_exception,
@@ -56,8 +59,19 @@ def create_app(settings: Settings) -> Starlette:
             await engine.dispose()
 
     return Starlette(
-        routes=rest.routes,
-        middleware=[Middleware(RequestIdMiddleware)],
+        routes=[*rest.routes, *graphql_routes(settings)],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origin_list,
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type", "idempotency-key"],
+                expose_headers=["idempotent-replayed", "retry-after", "x-request-id"],
+                max_age=600,
+            ),
+        ],
         exception_handlers={
             WalletError: handle_wallet_error,
             HTTPException: handle_http_exception,

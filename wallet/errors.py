@@ -16,6 +16,11 @@ class WalletError(Exception):
         self.message = message
         self.details = details
 
+    @property
+    def extensions(self) -> dict[str, Any]:
+        """What GraphQL reports beside the message (graphql-core reads this attribute)."""
+        return {"code": self.code, **self.details}
+
 
 class ValidationError(WalletError):
     code = "VALIDATION_ERROR"

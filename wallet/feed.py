@@ -30,6 +30,7 @@ CHANNEL: Final = "wallet_balance"
 @dataclass(frozen=True, slots=True)
 class BalanceEvent:
     user_id: uuid.UUID
+    account_id: int
     asset_slug: str
     amount: int
     version: int
@@ -79,6 +80,7 @@ class BalanceFeed:
         data = json.loads(payload)
         event = BalanceEvent(
             user_id=uuid.UUID(data["userId"]),
+            account_id=int(data["accountId"]),
             asset_slug=data["assetSlug"],
             amount=int(data["balance"]),
             version=int(data["version"]),

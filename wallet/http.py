@@ -86,19 +86,9 @@ def _parse_int(text: str) -> int | NotANumber:
     return int(text) if len(text) <= 40 else NotANumber(text)
 
 
-async def read_json_object(request: Request, *, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, whatever the Content-Type says; at most `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, whatever the Content-Type says (BodyLimitMiddleware caps it)."""
+    raw = await request.body()
     try:
         body = json.loads(raw, parse_constant=NotANumber, parse_int=_parse_int)
     except (ValueError, RecursionError):
@@ -161,6 +151,40 @@ async def handle_database_error(request: Request, exc: Exception) -> Response:
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     return internal_error(request)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over `limit` bytes on every route: early when Content-Length says so, and
+    mid-stream (as PayloadTooLarge, answered by the error handler) when chunks add up past it."""
+
+    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            response = error_response(self._too_large())
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"The request body is larger than {self.limit} bytes.")
 
 
 class RequestIdMiddleware:

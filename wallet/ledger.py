@@ -233,6 +233,11 @@ async def assets_by_id(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, A
     return {r.asset_id: _asset(r) for r in rows}
 
 
+async def assets_by_slug(conn: AsyncConnection, slugs: Sequence[str]) -> dict[str, AssetInfo]:
+    rows = await conn.execute(select(*_ASSET_COLUMNS).where(Asset.slug.in_(slugs)))
+    return {r.slug: _asset(r) for r in rows}
+
+
 async def balances_by_user(
     conn: AsyncConnection, user_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[Balance]]:

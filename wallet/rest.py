@@ -77,7 +77,7 @@ async def post_transact(request: Request) -> Response:
     if raw_key is None:
         raise IdempotencyKeyMissing("The Idempotency-Key header is required.")
     key = parse_idempotency_key(raw_key)
-    body = await read_json_object(request, limit=res.settings.max_body_bytes)
+    body = await read_json_object(request)
     tx = ledger.TransactRequest(
         user_id=parse_user_id(body.get("userId")),
         amount=parse_amount(body.get("amount")),
@@ -121,7 +121,7 @@ async def get_transactions(request: Request) -> Response:
 
 async def post_user(request: Request) -> Response:
     res = resources(request)
-    body = await read_json_object(request, limit=res.settings.max_body_bytes)
+    body = await read_json_object(request)
     username = parse_username(body.get("username"))
     user_id = parse_user_id(body["id"], field="id") if body.get("id") is not None else None
     user = await with_connection(

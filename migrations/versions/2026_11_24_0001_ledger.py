@@ -265,7 +265,8 @@ BEGIN
 
     -- Delivered to LISTENers at commit, never before and never for a rollback.
     PERFORM pg_notify('wallet_balance', json_build_object(
-        'userId', p_user, 'assetSlug', p_asset, 'balance', v_balance::text, 'version', v_version
+        'userId', p_user, 'accountId', v_user_account, 'assetSlug', p_asset,
+        'balance', v_balance::text, 'version', v_version
     )::text);
 
     RETURN QUERY SELECT 'COMPLETED'::text, false, true, p_txn,

@@ -1,0 +1,84 @@
+"""The GraphQL endpoint: Strawberry over ASGI, POST only, plus an offline GraphiQL page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from cross_web import HTTPException as StrawberryHTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+
+from wallet.errors import RouteNotFound
+from wallet.http import JSONResponse, error_response
+from wallet.resolvers.context import Context, build_context
+from wallet.resources import resources
+from wallet.schema.build import build_schema
+from wallet.settings import Settings
+
+ROOT = Path(__file__).resolve().parent
+GRAPHIQL_PAGE: Final = (ROOT / "static" / "graphiql.html").read_text(encoding="utf-8")
+NODE_MODULES = ROOT.parent / "web" / "node_modules"
+# The page's assets, by the name it asks for; installed by `npm ci` in web/ (see the Makefile).
+ASSETS: Final = {
+    "react.js": "react/umd/react.production.min.js",
+    "react-dom.js": "react-dom/umd/react-dom.production.min.js",
+    "graphiql.js": "graphiql/graphiql.min.js",
+    "graphiql.css": "graphiql/graphiql.min.css",
+}
+_HTTP_CODES: Final = {400: "VALIDATION_ERROR", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+
+
+class WalletGraphQL(GraphQL[Context, None]):
+    """Strawberry's ASGI view with our context, our GraphiQL page and JSON-only errors."""
+
+    async def get_context(self, request: Request | WebSocket, response: object) -> Context:
+        request_id = request.scope.get("state", {}).get("request_id")
+        return build_context(resources(request), request_id)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return HTMLResponse(GRAPHIQL_PAGE)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            response = await self.run(Request(scope, receive))
+        except StrawberryHTTPException as error:
+            code = _HTTP_CODES.get(error.status_code, "VALIDATION_ERROR")
+            response = JSONResponse(
+                {"errors": [{"message": error.reason, "extensions": {"code": code}}]},
+                status_code=error.status_code,
+            )
+        await response(scope, receive, send)
+
+
+async def graphiql_asset(request: Request) -> Response:
+    relative = ASSETS.get(request.path_params["name"])
+    path = NODE_MODULES / relative if relative else None
+    if path is None or not path.is_file():
+        return error_response(RouteNotFound("No such asset (run `make install` to fetch them)."))
+    return FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
+
+
+def graphql_routes(settings: Settings) -> list[Route | WebSocketRoute]:
+    view = WalletGraphQL(
+        build_schema(settings),
+        graphql_ide="graphiql" if settings.graphiql_enabled else None,
+        allow_queries_via_get=False,  # a GET cannot carry a mutation past CSRF defences
+        keep_alive=True,
+        keep_alive_interval=15,
+        allowed_origins=settings.cors_origin_list,
+    )
+    routes: list[Route | WebSocketRoute] = [
+        Route("/graphql", view, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", view),
+    ]
+    if settings.graphiql_enabled:
+        routes.append(Route("/graphql/assets/{name}", graphiql_asset, methods=["GET"]))
+    return routes

@@ -1,0 +1,1 @@
+"""GraphQL resolver logic: context, per-request loaders, thin adapters over the ledger."""

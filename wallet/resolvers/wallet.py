@@ -1,0 +1,131 @@
+"""Resolver functions: validate GraphQL arguments the way REST does, then call the ledger."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+from wallet import ledger
+from wallet.errors import AssetNotFound, ValidationError
+from wallet.feed import Resync
+from wallet.inputs import (
+    TxType,
+    parse_amount,
+    parse_asset_slug,
+    parse_idempotency_key,
+)
+from wallet.resolvers.context import Context
+from wallet.resources import with_connection
+
+MAX_PAGE = 100
+
+
+async def user(ctx: Context, user_id: uuid.UUID) -> ledger.UserRecord | None:
+    return await ctx.loaders.users.load(user_id)
+
+
+async def balances(ctx: Context, user_id: uuid.UUID) -> list[ledger.Balance]:
+    return await ctx.loaders.balances.load(user_id) or []
+
+
+async def asset(ctx: Context, asset_id: int) -> ledger.AssetInfo:
+    found = await ctx.loaders.assets.load(asset_id)
+    if found is None:  # an entry's asset always exists: the foreign key says so
+        raise AssertionError(f"asset {asset_id} vanished")
+    return found
+
+
+async def asset_by_slug(ctx: Context, slug: str) -> ledger.AssetInfo | None:
+    return await ctx.loaders.asset_slugs.load(slug)
+
+
+async def assets(ctx: Context) -> list[ledger.AssetInfo]:
+    return await with_connection(ctx.resources.engine, ledger.assets)
+
+
+async def transaction(ctx: Context, transaction_id: uuid.UUID) -> ledger.TransactionRecord | None:
+    return await ctx.loaders.transactions.load(transaction_id)
+
+
+async def ledger_page(
+    ctx: Context,
+    user_id: uuid.UUID,
+    *,
+    first: int,
+    after: str | None,
+    asset_slug: str | None,
+    tx_type: TxType | None,
+) -> ledger.HistoryPage:
+    if not 1 <= first <= MAX_PAGE:
+        raise ValidationError(f"first must be from 1 to {MAX_PAGE}.", field="first")
+    before = ledger.decode_cursor(after) if after else None
+    slug = parse_asset_slug(asset_slug) if asset_slug is not None else None
+    return await with_connection(
+        ctx.resources.engine,
+        lambda conn: ledger.history(
+            conn, user_id, limit=first, before=before, asset_slug=slug, tx_type=tx_type
+        ),
+    )
+
+
+async def transact(
+    ctx: Context,
+    *,
+    user_id: uuid.UUID,
+    amount: int,
+    asset_slug: str,
+    tx_type: TxType,
+    idempotency_key: str,
+) -> ledger.TransactOutcome:
+    """The same posting as REST's, field errors and all; raises the same WalletErrors."""
+    request = ledger.TransactRequest(
+        user_id=user_id,
+        amount=parse_amount(amount),
+        asset_slug=parse_asset_slug(asset_slug),
+        type=tx_type,
+    )
+    key = parse_idempotency_key(idempotency_key, field="idempotencyKey")
+    return await with_connection(
+        ctx.resources.autocommit,
+        lambda conn: ledger.transact(conn, request, key=key),
+        begin=False,
+    )
+
+
+async def balance_changes(
+    ctx: Context, user_id: uuid.UUID, asset_slug: str | None
+) -> AsyncIterator[ledger.Balance]:
+    """Every committed change of the user's balances (optionally one asset), in order.
+
+    Only changes committed after the queue is registered reach it, so each is pushed; versions
+    drop duplicates. After the feed lost its connection, the balances are re-read and any newer
+    than what the subscriber has seen is pushed, so a connected subscriber misses nothing.
+    """
+    if asset_slug is not None and await asset_by_slug(ctx, asset_slug) is None:
+        raise AssetNotFound(f"Asset {asset_slug!r} not found.")
+    async with ctx.resources.feed.subscribe(user_id) as queue:
+        seen = {b.asset.slug: b.version for b in await _fresh_balances(ctx, user_id)}
+        pushed: dict[str, int] = {}
+        while True:
+            item = await queue.get()
+            if isinstance(item, Resync):
+                for fresh in await _fresh_balances(ctx, user_id):
+                    slug = fresh.asset.slug
+                    if fresh.version > max(seen.get(slug, 0), pushed.get(slug, 0)):
+                        seen[slug] = pushed[slug] = fresh.version
+                        if asset_slug in (None, slug):
+                            yield fresh
+                continue
+            if item.version <= pushed.get(item.asset_slug, 0):
+                continue
+            pushed[item.asset_slug] = item.version
+            info = await asset_by_slug(ctx, item.asset_slug)
+            if info is not None and asset_slug in (None, item.asset_slug):
+                yield ledger.Balance(
+                    account_id=0, asset=info, amount=item.amount, version=item.version
+                )
+
+
+async def _fresh_balances(ctx: Context, user_id: uuid.UUID) -> list[ledger.Balance]:
+    """Read now, past the per-request loader cache: a subscription outlives its request."""
+    return await with_connection(ctx.resources.engine, lambda conn: ledger.balances(conn, user_id))

@@ -1,0 +1,1 @@
+"""The GraphQL schema: types, inputs, result unions, scalars, root Query/Mutation/Subscription."""
