@@ -106,7 +106,9 @@ class BalanceFeed:
         while True:
             lost = asyncio.Event()
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=5)
+                conn = await asyncpg.connect(
+                    self._dsn, timeout=5, server_settings={"application_name": "wallet-feed"}
+                )
             except (OSError, asyncpg.PostgresError, TimeoutError) as error:
                 log.warning("feed_connect_failed", error=str(error))
                 await asyncio.sleep(delay)
