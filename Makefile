@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
-.PHONY: install run test lint format lock schema bench clean
+.PHONY: install browser run test lint format lock schema bench clean
 
 $(BIN)/wallet: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,14 @@ install: $(BIN)/wallet web/node_modules/.package-lock.json
 run: install  ## the service on the embedded PostgreSQL (or DATABASE_URL), port 3000
 	$(BIN)/wallet serve --host $(HOST) --port $(PORT)
 
-test: install  ## the whole suite against a real PostgreSQL
+# Debian's Chromium, for the GraphiQL end-to-end test (installed when run as root).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		{ apt-get install -y -q chromium >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; } } || \
+		echo "chromium is not installed: the browser test will be skipped"
+
+test: install browser  ## the whole suite against a real PostgreSQL
 	$(BIN)/pytest
 
 lint: install
