@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import Factory
 from tests.graphql_client import gql, transact
+from wallet.auth import Authenticator, RateLimiter
 from wallet.feed import BalanceFeed
 from wallet.resolvers.context import build_context
 from wallet.resources import Resources
@@ -238,15 +239,22 @@ async def test_same_key_at_once_through_graphql(
     assert await factory.balance(user) == 91
 
 
-async def _statements(engine: AsyncEngine, query: str, variables: dict[str, Any]) -> int:
-    """Run one operation in process and count the SQL statements it sends."""
-    settings = Settings(database_url="postgresql://unused")
-    resources = Resources(
+def in_process_resources(settings: Settings, engine: AsyncEngine) -> Resources:
+    """What the lifespan would open, around the test's engine (open mode: no credentials)."""
+    return Resources(
         settings=settings,
         engine=engine,
         autocommit=engine.execution_options(isolation_level="AUTOCOMMIT"),
         feed=BalanceFeed("postgresql://unused"),
+        auth=Authenticator(settings, engine),
+        rate_limiter=RateLimiter(0, 0),
     )
+
+
+async def _statements(engine: AsyncEngine, query: str, variables: dict[str, Any]) -> int:
+    """Run one operation in process and count the SQL statements it sends."""
+    settings = Settings(database_url="postgresql://unused")
+    resources = in_process_resources(settings, engine)
     count = 0
 
     def tally(*_: object) -> None:
@@ -351,7 +359,7 @@ async def test_unexpected_errors_are_masked(
 
     monkeypatch.setattr(resolvers, "assets", broken)
     settings = Settings(database_url="postgresql://unused")
-    resources = Resources(settings, engine, engine, BalanceFeed("postgresql://unused"))
+    resources = in_process_resources(settings, engine)
     context = build_context(resources, request_id="req-123")
     result = await build_schema(settings).execute("{ assets { slug } }", context_value=context)
     assert result.errors is not None

@@ -47,6 +47,7 @@ HISTORY_KEYS = {
     "direction",
     "balanceAfter",
     "createdAt",
+    "principal",  # added by the security issue: who made the transaction ("" when open)
 }
 
 Json = dict[str, Any]

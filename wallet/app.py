@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from wallet import rest
+from wallet.auth import Authenticator, AuthMiddleware, RateLimiter
 from wallet.db.engine import create_engine
 from wallet.errors import WalletError
 from wallet.feed import BalanceFeed
@@ -52,6 +53,10 @@ def create_app(settings: Settings) -> Starlette:
                     engine=engine,
                     autocommit=engine.execution_options(isolation_level="AUTOCOMMIT"),
                     feed=feed,
+                    auth=Authenticator(settings, engine),
+                    rate_limiter=RateLimiter(
+                        settings.rate_limit_per_second, settings.rate_limit_burst
+                    ),
                 )
             }
         finally:
@@ -60,17 +65,18 @@ def create_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=[*rest.routes, *graphql_routes(settings)],
-        middleware=[
+        middleware=[  # outermost first: CORS answers preflights before anyone asks who
             Middleware(RequestIdMiddleware),
-            Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origin_list,
-                allow_methods=["GET", "POST"],
+                allow_methods=["GET", "POST", "DELETE"],
                 allow_headers=["authorization", "content-type", "idempotency-key"],
                 expose_headers=["idempotent-replayed", "retry-after", "x-request-id"],
                 max_age=600,
             ),
+            Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
+            Middleware(AuthMiddleware),
         ],
         exception_handlers={
             WalletError: handle_wallet_error,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -17,10 +19,11 @@ from typing import TypeVar
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from wallet import ledger
+from wallet import auth, ledger
 from wallet.audit import audit
 from wallet.db.engine import create_engine
 from wallet.embedded import EmbeddedError, EmbeddedPostgres
+from wallet.errors import WalletError
 from wallet.http import JSONHttpToolsProtocol
 from wallet.logging import configure_logging
 from wallet.seed import seed
@@ -64,10 +67,12 @@ def _run(
 
 
 @contextmanager
-def database(settings: Settings, *, stop_embedded: bool) -> Iterator[str]:
-    """DATABASE_URL if set; otherwise the embedded server, migrated and seeded."""
+def database(settings: Settings, *, stop_embedded: bool, owner: bool = True) -> Iterator[str]:
+    """DATABASE_URL if set (the owner's URL for operator commands, when `owner`); otherwise the
+    embedded server, migrated and seeded."""
     if settings.database_url is not None:
-        yield settings.database_url
+        url = settings.owner_database_url if owner else settings.database_url
+        yield url or settings.database_url
         return
     embedded = EmbeddedPostgres(settings.data_dir)
     url = embedded.start()
@@ -91,7 +96,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it under the handler it found;
     # the default one would kill us before `database` stops the embedded server.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    with database(settings, stop_embedded=True) as url:
+    with database(settings, stop_embedded=True, owner=False) as url:
+        if not settings.jwt_configured and not _run(url, auth.keys_exist):
+            if not _is_loopback(args.host) and not args.insecure_no_auth:
+                print(
+                    f"wallet: refusing to serve on {args.host} with no credentials configured:"
+                    " anyone who can reach it could mint coins. Create a key (wallet keys create),"
+                    " set WALLET_JWT_SECRET, bind to 127.0.0.1, or pass --insecure-no-auth.",
+                    file=sys.stderr,
+                )
+                return 2
+            log.warning(
+                "NO AUTHENTICATION: no API key exists and no JWT is configured, so every caller"
+                " may do anything. Fine on a laptop; create keys before exposing the service.",
+                host=args.host,
+            )
         os.environ["DATABASE_URL"] = url  # worker processes read their settings from here
         log.info("serving", host=args.host, port=args.port, workers=args.workers)
         uvicorn.run(
@@ -106,6 +125,41 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             timeout_graceful_shutdown=30,
             log_level=settings.log_level.lower(),
         )
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    with database(settings, stop_embedded=False) as url:
+        if args.action == "create":
+            secret = _run(
+                url,
+                lambda conn: auth.create_key(
+                    conn, name=args.name, scopes=auth.parse_scopes(args.scopes)
+                ),
+            )
+            print(f"key {args.name!r} created; its secret is shown this once:\n{secret}")
+        elif args.action == "list":
+            for key in _run(url, auth.list_keys):
+                state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "live"
+                print(
+                    f"{key.name}\t{','.join(key.scopes)}\t{key.created_at:%Y-%m-%d %H:%M}\t{state}"
+                )
+            return 0
+        elif not _run(url, lambda conn: auth.revoke_key(conn, args.name)):
+            print(f"wallet: no live key named {args.name!r}", file=sys.stderr)
+            return 1
+        else:
+            print(f"key {args.name!r} revoked")
+    time.sleep(settings.auth_cache_seconds)  # every server has seen it when we return
     return 0
 
 
@@ -152,7 +206,23 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve beyond loopback even though no credential is configured",
+    )
     serve.set_defaults(handler=cmd_serve)
+    keys = sub.add_parser("keys", help="service API keys").add_subparsers(
+        dest="action", required=True
+    )
+    create = keys.add_parser("create", help="create a key and print its secret once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", required=True, help="comma-separated: read,transact,admin")
+    keys.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys.add_parser("revoke", help="revoke a key by name")
+    revoke.add_argument("name")
+    for command in keys.choices.values():
+        command.set_defaults(handler=cmd_keys)
     sub.add_parser("migrate", help="upgrade the database schema").set_defaults(handler=cmd_migrate)
     sub.add_parser("seed", help="create the demo assets and wallets").set_defaults(handler=cmd_seed)
     sub.add_parser("audit", help="check every ledger invariant").set_defaults(handler=cmd_audit)
@@ -168,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings)
     try:
         code: int = args.handler(args, settings)
-    except EmbeddedError as error:
+    except (EmbeddedError, WalletError) as error:
         print(f"wallet: {error}", file=sys.stderr)
         return 2
     return code

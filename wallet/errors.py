@@ -32,6 +32,16 @@ class IdempotencyKeyMissing(WalletError):
     status = 400
 
 
+class Unauthenticated(WalletError):
+    code = "UNAUTHENTICATED"
+    status = 401
+
+
+class Forbidden(WalletError):
+    code = "FORBIDDEN"
+    status = 403
+
+
 class RouteNotFound(WalletError):
     code = "NOT_FOUND"
     status = 404
@@ -70,6 +80,11 @@ class InsufficientFunds(WalletError):
 class IdempotencyKeyReused(WalletError):
     code = "IDEMPOTENCY_KEY_REUSED"
     status = 422
+
+
+class RateLimited(WalletError):
+    code = "RATE_LIMITED"
+    status = 429
 
 
 class Busy(WalletError):

@@ -12,8 +12,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.types.unset import UNSET, UnsetType
 
-from wallet.errors import RouteNotFound
+from wallet.errors import RouteNotFound, WalletError
 from wallet.http import JSONResponse, error_response
 from wallet.resolvers.context import Context, build_context
 from wallet.resources import resources
@@ -37,8 +39,22 @@ class WalletGraphQL(GraphQL[Context, None]):
     """Strawberry's ASGI view with our context, our GraphiQL page and JSON-only errors."""
 
     async def get_context(self, request: Request | WebSocket, response: object) -> Context:
-        request_id = request.scope.get("state", {}).get("request_id")
-        return build_context(resources(request), request_id)
+        state = request.scope.get("state", {})
+        return build_context(resources(request), state.get("principal"), state.get("request_id"))
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        """A browser's WebSocket carries its credentials in connection_init, not in headers."""
+        if context.principal is None:
+            params = context.connection_params or {}
+            header = params.get("Authorization") or params.get("authorization")
+            try:
+                context.principal = await context.resources.auth.authenticate(
+                    header if isinstance(header, str) else None
+                )
+            except WalletError:
+                raise ConnectionRejectionError({"code": "UNAUTHENTICATED"}) from None
+        unset: UnsetType = UNSET
+        return unset
 
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(GRAPHIQL_PAGE)

@@ -64,7 +64,7 @@ MAX_ENTRY_ID = 2**63 - 1  # entries.id is a bigint
 _TRANSACT_SQL = text(
     "SELECT outcome, replayed, fingerprint_matches, transaction_id, balance_before,"
     " balance_after, created_at FROM wallet_transact(:scope, :key, :fingerprint, :user_id,"
-    " :asset, :type, :amount, :txn)"
+    " :asset, :type, :amount, :txn, :principal)"
 ).bindparams(bindparam("fingerprint", type_=IdempotencyKey.fingerprint.type))
 
 
@@ -128,6 +128,7 @@ class TransactionRecord:
     asset_id: int
     user_id: uuid.UUID
     amount: int
+    principal: str
     created_at: datetime
 
 
@@ -136,6 +137,7 @@ class HistoryItem:
     entry_id: int
     transaction_id: uuid.UUID
     type: TxType
+    principal: str
     asset: AssetInfo
     amount: int
     direction: Direction
@@ -162,14 +164,18 @@ def _sqlstate(error: DBAPIError) -> str | None:
 
 
 async def transact(
-    conn: AsyncConnection, request: TransactRequest, *, key: str, scope: str = ""
+    conn: AsyncConnection, request: TransactRequest, *, key: str, principal: str = ""
 ) -> TransactOutcome:
-    """Post one transaction exactly once per (scope, key); replay the stored outcome after."""
+    """Post one transaction exactly once per (principal, key); replay the stored outcome after.
+
+    Keys are scoped per principal: two callers cannot collide on, or replay, each other's keys.
+    The principal is recorded on the transaction.
+    """
     try:
         result = await conn.execute(
             _TRANSACT_SQL,
             {
-                "scope": scope,
+                "scope": principal,
                 "key": key,
                 "fingerprint": request.fingerprint(),
                 "user_id": request.user_id,
@@ -177,6 +183,7 @@ async def transact(
                 "type": request.type,
                 "amount": request.amount,
                 "txn": uuid.uuid4(),
+                "principal": principal,
             },
         )
     except DBAPIError as error:
@@ -272,11 +279,14 @@ async def transactions_by_id(
             Transaction.asset_id,
             Transaction.user_id,
             Transaction.amount,
+            Transaction.principal,
             Transaction.created_at,
         ).where(Transaction.id.in_(ids))
     )
     return {
-        r.id: TransactionRecord(r.id, r.type, r.asset_id, r.user_id, r.amount, r.created_at)
+        r.id: TransactionRecord(
+            r.id, r.type, r.asset_id, r.user_id, r.amount, r.principal, r.created_at
+        )
         for r in rows
     }
 
@@ -327,6 +337,7 @@ async def history(
             Entry.id,
             Entry.transaction_id,
             Transaction.type,
+            Transaction.principal,
             *_ASSET_COLUMNS,
             Entry.amount,
             Entry.direction,
@@ -352,6 +363,7 @@ async def history(
             entry_id=r.id,
             transaction_id=r.transaction_id,
             type=r.type,
+            principal=r.principal,
             asset=_asset(r),
             amount=r.amount,
             direction=r.direction,

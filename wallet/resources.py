@@ -10,6 +10,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import HTTPConnection
 
+from wallet.auth import ANONYMOUS, Authenticator, Principal, RateLimiter
 from wallet.feed import BalanceFeed
 from wallet.settings import Settings
 
@@ -22,11 +23,21 @@ class Resources:
     engine: AsyncEngine
     autocommit: AsyncEngine  # same pool; a single-statement posting is its own transaction
     feed: BalanceFeed
+    auth: Authenticator
+    rate_limiter: RateLimiter
 
 
 def resources(connection: HTTPConnection) -> Resources:
     """The lifespan's resources, from a request's or a websocket's state."""
     found: Resources = connection.state.resources
+    return found
+
+
+def principal(connection: HTTPConnection) -> Principal:
+    """Who AuthMiddleware found; anonymous in open mode. (A WebSocket may still be pending.)"""
+    found: Principal | None = getattr(connection.state, "principal", ANONYMOUS)
+    if found is None:
+        raise RuntimeError("principal not authenticated yet")
     return found
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -11,8 +12,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from wallet import ledger
-from wallet.errors import IdempotencyKeyMissing, InsufficientFunds, Unavailable
+from wallet import auth, ledger
+from wallet.audit import AuditReport, audit
+from wallet.errors import (
+    Forbidden,
+    IdempotencyKeyMissing,
+    InsufficientFunds,
+    RouteNotFound,
+    Unavailable,
+    ValidationError,
+)
 from wallet.http import JSONResponse, error_response, iso, ok, read_json_object
 from wallet.inputs import (
     parse_amount,
@@ -23,11 +32,22 @@ from wallet.inputs import (
     parse_user_id,
     parse_username,
 )
-from wallet.resources import resources, with_connection
+from wallet.resources import principal, resources, with_connection
+
+
+def _require_wallet_reader(request: Request, user_id: uuid.UUID) -> None:
+    if not principal(request).may_read_wallet(user_id):
+        raise Forbidden("These credentials may not read this wallet.")
+
+
+def _require_scope(request: Request, scope: str) -> None:
+    if not principal(request).can(scope):
+        raise Forbidden(f"These credentials lack the {scope!r} scope.")
 
 
 async def get_balance(request: Request) -> Response:
     user_id = parse_user_id(request.path_params["user_id"])
+    _require_wallet_reader(request, user_id)
     found = await with_connection(
         resources(request).engine, lambda conn: ledger.balances(conn, user_id)
     )
@@ -84,14 +104,20 @@ async def post_transact(request: Request) -> Response:
         asset_slug=parse_asset_slug(body.get("assetSlug")),
         type=parse_tx_type(body.get("type")),
     )
+    who = principal(request)
+    if not who.may_transact(tx.user_id, tx.type, user_can_spend=res.settings.user_can_spend):
+        raise Forbidden(f"These credentials may not {tx.type} on this wallet.")
     outcome = await with_connection(
-        res.autocommit, lambda conn: ledger.transact(conn, tx, key=key), begin=False
+        res.autocommit,
+        lambda conn: ledger.transact(conn, tx, key=key, principal=who.name),
+        begin=False,
     )
     return _outcome_response(outcome)
 
 
 async def get_transactions(request: Request) -> Response:
     user_id = parse_user_id(request.path_params["user_id"])
+    _require_wallet_reader(request, user_id)
     raw_limit = request.query_params.get("limit")
     limit = 20 if raw_limit is None else parse_positive_int(raw_limit, field="limit", maximum=100)
     cursor = request.query_params.get("cursor")
@@ -112,6 +138,7 @@ async def get_transactions(request: Request) -> Response:
             "amount": item.amount,
             "direction": item.direction,
             "balanceAfter": str(item.balance_after),
+            "principal": item.principal,
             "createdAt": iso(item.created_at),
         }
         for item in page.items
@@ -120,6 +147,7 @@ async def get_transactions(request: Request) -> Response:
 
 
 async def post_user(request: Request) -> Response:
+    _require_scope(request, "admin")
     res = resources(request)
     body = await read_json_object(request)
     username = parse_username(body.get("username"))
@@ -130,6 +158,73 @@ async def post_user(request: Request) -> Response:
     return ok(
         {"id": str(user.id), "username": user.username, "createdAt": iso(user.created_at)},
         status=201 if user.created else 200,
+    )
+
+
+async def list_keys(request: Request) -> Response:
+    _require_scope(request, "admin")
+    keys = await with_connection(resources(request).engine, auth.list_keys)
+    return ok(
+        [
+            {
+                "name": k.name,
+                "scopes": k.scopes,
+                "createdAt": iso(k.created_at),
+                "revokedAt": iso(k.revoked_at) if k.revoked_at else None,
+            }
+            for k in keys
+        ]
+    )
+
+
+async def post_key(request: Request) -> Response:
+    """Create a key; the answer is the only place its secret ever appears."""
+    _require_scope(request, "admin")
+    body = await read_json_object(request)
+    name, scopes = body.get("name"), body.get("scopes")
+    if not isinstance(name, str):
+        raise ValidationError("name must be a string.", field="name")
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise ValidationError("scopes must be a list of strings.", field="scopes")
+    secret = await with_connection(
+        resources(request).engine, lambda conn: auth.create_key(conn, name=name, scopes=scopes)
+    )
+    return ok({"name": name, "scopes": auth.parse_scopes(scopes), "key": secret}, status=201)
+
+
+async def delete_key(request: Request) -> Response:
+    _require_scope(request, "admin")
+    name = request.path_params["name"]
+    revoked = await with_connection(
+        resources(request).engine, lambda conn: auth.revoke_key(conn, name)
+    )
+    if not revoked:
+        raise RouteNotFound(f"No live key named {name!r}.")
+    return ok({"name": name, "revoked": True})
+
+
+async def get_audit(request: Request) -> Response:
+    _require_scope(request, "admin")
+
+    async def run(conn: AsyncConnection) -> AuditReport:
+        await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+        return await audit(conn)
+
+    report = await with_connection(resources(request).engine, run)
+    return ok(
+        {
+            "ok": report.ok,
+            "assets": [
+                {
+                    "slug": a.slug,
+                    "transactions": a.transactions,
+                    "circulating": str(a.circulating),
+                    "treasury": str(a.treasury),
+                }
+                for a in report.assets
+            ],
+            "breaches": report.breaches,
+        }
     )
 
 
@@ -155,4 +250,8 @@ routes = [
     Route("/api/wallet/transact", post_transact, methods=["POST"]),
     Route("/api/wallet/transactions/{user_id}", get_transactions, methods=["GET"]),
     Route("/api/users", post_user, methods=["POST"]),
+    Route("/api/admin/keys", list_keys, methods=["GET"]),
+    Route("/api/admin/keys", post_key, methods=["POST"]),
+    Route("/api/admin/keys/{name}", delete_key, methods=["DELETE"]),
+    Route("/api/admin/audit", get_audit, methods=["GET"]),
 ]

@@ -29,5 +29,5 @@ async def seed(conn: AsyncConnection) -> None:
                 user_id=user_id, asset_slug="gold_coins", amount=gold, type="TOPUP"
             ),
             key=f"seed:{username}:gold_coins",
-            scope="seed",
+            principal="seed",
         )

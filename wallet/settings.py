@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "WALLET_DATABASE_URL")
     )
+    # The schema owner, for migrations and operator commands; defaults to DATABASE_URL.
+    migrate_database_url: str | None = None
     data_dir: Path = Path(".wallet")
     env: Literal["development", "test", "production"] = "development"
 
@@ -31,11 +33,28 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
 
+    jwt_secret: SecretStr | None = None  # HS256 end-user tokens
+    jwt_public_key_file: Path | None = None  # PEM or JWKS: RS256 / ES256 end-user tokens
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    user_can_spend: bool = False  # may an end-user token SPEND from its own wallet?
+    auth_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    rate_limit_per_second: float = Field(default=0, ge=0)  # per principal and process; 0: off
+    rate_limit_burst: int = Field(default=0, ge=0)  # 0: one second's worth
+
     graphiql: bool = True  # served only outside production
     cors_origins: str = ""  # comma-separated frontend origins allowed to call the API
     graphql_max_depth: int = Field(default=10, ge=2)
     graphql_max_tokens: int = Field(default=2000, ge=100)
     graphql_max_aliases: int = Field(default=20, ge=1)
+
+    @property
+    def jwt_configured(self) -> bool:
+        return self.jwt_secret is not None or self.jwt_public_key_file is not None
+
+    @property
+    def owner_database_url(self) -> str | None:
+        return self.migrate_database_url or self.database_url
 
     @property
     def graphiql_enabled(self) -> bool:

@@ -59,6 +59,7 @@ CREATE TABLE transactions (
     user_id    uuid NOT NULL CONSTRAINT fk_transactions_user_id_users REFERENCES users (id),
     amount     bigint NOT NULL
                CONSTRAINT ck_transactions_amount CHECK (amount BETWEEN 1 AND 9007199254740991),
+    principal  text NOT NULL DEFAULT '',  -- who asked: an API key's name, 'user:<id>', or ''
     created_at timestamptz NOT NULL DEFAULT now()
 );
 --;
@@ -161,7 +162,8 @@ CREATE TRIGGER trg_entries_no_truncate BEFORE TRUNCATE ON entries
 POST_FUNCTION = """
 CREATE FUNCTION wallet_transact(
     p_scope text, p_key text, p_fingerprint bytea,
-    p_user uuid, p_asset text, p_type text, p_amount bigint, p_txn uuid
+    p_user uuid, p_asset text, p_type text, p_amount bigint, p_txn uuid,
+    p_principal text DEFAULT ''
 ) RETURNS TABLE (
     outcome text, replayed boolean, fingerprint_matches boolean, transaction_id uuid,
     balance_before bigint, balance_after bigint, created_at timestamptz
@@ -240,8 +242,8 @@ BEGIN
         RAISE EXCEPTION 'asset % has no treasury shard', p_asset USING ERRCODE = 'W0102';
     END IF;
 
-    INSERT INTO transactions (id, type, asset_id, user_id, amount, created_at)
-    VALUES (p_txn, p_type, v_asset_id, p_user, p_amount, v_now);
+    INSERT INTO transactions (id, type, asset_id, user_id, amount, principal, created_at)
+    VALUES (p_txn, p_type, v_asset_id, p_user, p_amount, p_principal, v_now);
 
     IF p_type = 'SPEND' THEN
         INSERT INTO entries (transaction_id, account_id, asset_id, direction, amount,
@@ -288,7 +290,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP FUNCTION wallet_transact(text, text, bytea, uuid, text, text, bigint, uuid)")
+    op.execute(
+        "DROP FUNCTION wallet_transact(text, text, bytea, uuid, text, text, bigint, uuid, text)"
+    )
     op.execute("DROP TABLE idempotency_keys, entries, transactions, accounts, users, assets")
     op.execute("DROP FUNCTION ledger_reject_change()")
     op.execute("DROP FUNCTION ledger_check_balanced()")

@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from strawberry.dataloader import DataLoader
 
 from wallet import ledger
+from wallet.auth import ANONYMOUS, Principal
+from wallet.errors import Unauthenticated
 from wallet.resources import Resources, with_connection
 
 K = TypeVar("K")
@@ -44,10 +46,19 @@ class Loaders:
 class Context:
     resources: Resources
     loaders: Loaders
+    principal: Principal | None  # None: a WebSocket that has not sent connection_init yet
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    connection_params: dict[str, object] | None = None  # graphql-transport-ws connection_init
+
+    def who(self) -> Principal:
+        if self.principal is None:
+            raise Unauthenticated("Credentials are required.")
+        return self.principal
 
 
-def build_context(resources: Resources, request_id: str | None = None) -> Context:
+def build_context(
+    resources: Resources, principal: Principal | None = ANONYMOUS, request_id: str | None = None
+) -> Context:
     loaders = Loaders(
         users=_loader(resources, ledger.users_by_id),
         assets=_loader(resources, ledger.assets_by_id),
@@ -56,5 +67,5 @@ def build_context(resources: Resources, request_id: str | None = None) -> Contex
         transactions=_loader(resources, ledger.transactions_by_id),
     )
     if request_id is None:
-        return Context(resources=resources, loaders=loaders)
-    return Context(resources=resources, loaders=loaders, request_id=request_id)
+        return Context(resources=resources, loaders=loaders, principal=principal)
+    return Context(resources=resources, loaders=loaders, principal=principal, request_id=request_id)

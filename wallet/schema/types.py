@@ -59,6 +59,9 @@ class Transaction:
     id: uuid.UUID
     type: TransactionType
     amount: Amount
+    principal: str = strawberry.field(
+        description="Who made it: an API key's name, or user:<id> for an end-user token."
+    )
     created_at: datetime
     asset_id: strawberry.Private[int]
 
@@ -72,6 +75,7 @@ class Transaction:
             id=record.id,
             type=TransactionType(record.type),
             amount=Amount(record.amount),
+            principal=record.principal,
             created_at=record.created_at,
             asset_id=record.asset_id,
         )
@@ -116,6 +120,7 @@ class LedgerConnection:
                         id=item.transaction_id,
                         type=TransactionType(item.type),
                         amount=Amount(item.amount),
+                        principal=item.principal,
                         created_at=item.created_at,
                         asset_id=item.asset.id,
                     ),
@@ -207,8 +212,18 @@ class IdempotencyKeyReused(Error):
     original_transaction_id: uuid.UUID | None
 
 
+@strawberry.type
+class Forbidden(Error):
+    pass
+
+
 TransactResult = Annotated[
-    TransactSuccess | InsufficientFunds | NotFound | InvalidInput | IdempotencyKeyReused,
+    TransactSuccess
+    | InsufficientFunds
+    | NotFound
+    | InvalidInput
+    | IdempotencyKeyReused
+    | Forbidden,
     strawberry.union("TransactResult"),
 ]
 
@@ -230,6 +245,8 @@ def _failure(error: WalletError) -> TransactResult:
         return InvalidInput(
             code=error.code, message=error.message, field=error.details.get("field")
         )
+    if error.code == "FORBIDDEN":
+        return Forbidden(code=error.code, message=error.message)
     if error.code == "IDEMPOTENCY_KEY_REUSED":
         original = error.details.get("originalTransactionId")
         return IdempotencyKeyReused(
@@ -290,6 +307,7 @@ class Mutation:
                 id=outcome.transaction_id,
                 type=input.type,
                 amount=Amount(outcome.request.amount),
+                principal=info.context.who().name,
                 created_at=outcome.created_at,
                 asset_id=asset.id,
             ),
