@@ -11,6 +11,9 @@ from typing import Any
 
 import httpx
 import websockets
+from websockets.typing import Subprotocol
+
+PROTOCOLS = [Subprotocol("graphql-transport-ws")]
 
 TRANSACT = """
 mutation Transact($input: TransactInput!) {
@@ -92,7 +95,7 @@ async def subscribe(
     base_url: str, query: str, variables: dict[str, Any]
 ) -> AsyncIterator[Subscription]:
     url = base_url.replace("http://", "ws://") + "/graphql"
-    async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:  # type: ignore[list-item]
+    async with websockets.connect(url, subprotocols=PROTOCOLS) as socket:
         await socket.send(json.dumps({"type": "connection_init"}))
         ack = json.loads(await asyncio.wait_for(socket.recv(), 10))
         assert ack["type"] == "connection_ack", ack

@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
 
 from wallet import rest
 from wallet.auth import Authenticator, AuthMiddleware, RateLimiter
@@ -27,6 +28,7 @@ from wallet.http import (
     handle_wallet_error,
 )
 from wallet.logging import configure_logging
+from wallet.openapi import openapi_json
 from wallet.resources import Resources
 from wallet.settings import Settings
 
@@ -64,7 +66,11 @@ def create_app(settings: Settings) -> Starlette:
             await engine.dispose()
 
     return Starlette(
-        routes=[*rest.routes, *graphql_routes(settings)],
+        routes=[
+            *rest.routes,
+            Route("/openapi.json", openapi_json, methods=["GET"]),
+            *graphql_routes(settings),
+        ],
         middleware=[  # outermost first: CORS answers preflights before anyone asks who
             Middleware(RequestIdMiddleware),
             Middleware(

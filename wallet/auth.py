@@ -78,10 +78,10 @@ class KeyRecord:
 
 def parse_scopes(raw: str | Sequence[str]) -> list[str]:
     items = raw.split(",") if isinstance(raw, str) else list(raw)
-    scopes = sorted({s.strip() for s in items if s.strip()}, key=SCOPES.index)
-    if not scopes or any(s not in SCOPES for s in scopes):
+    scopes = {s.strip() for s in items if s.strip()}
+    if not scopes or not scopes <= set(SCOPES):
         raise ValidationError(f"scopes must be some of {', '.join(SCOPES)}.", field="scopes")
-    return scopes
+    return [s for s in SCOPES if s in scopes]
 
 
 def _digest(secret: str) -> bytes:
