@@ -46,7 +46,7 @@ def _require_scope(request: Request, scope: str) -> None:
 
 
 async def get_balance(request: Request) -> Response:
-    user_id = parse_user_id(request.path_params["user_id"])
+    user_id = parse_user_id(request.path_params["userId"])
     _require_wallet_reader(request, user_id)
     found = await with_connection(
         resources(request).engine, lambda conn: ledger.balances(conn, user_id)
@@ -116,7 +116,7 @@ async def post_transact(request: Request) -> Response:
 
 
 async def get_transactions(request: Request) -> Response:
-    user_id = parse_user_id(request.path_params["user_id"])
+    user_id = parse_user_id(request.path_params["userId"])
     _require_wallet_reader(request, user_id)
     raw_limit = request.query_params.get("limit")
     limit = 20 if raw_limit is None else parse_positive_int(raw_limit, field="limit", maximum=100)
@@ -246,9 +246,9 @@ async def readyz(request: Request) -> Response:
 routes = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
-    Route("/api/wallet/balance/{user_id}", get_balance, methods=["GET"]),
+    Route("/api/wallet/balance/{userId}", get_balance, methods=["GET"]),
     Route("/api/wallet/transact", post_transact, methods=["POST"]),
-    Route("/api/wallet/transactions/{user_id}", get_transactions, methods=["GET"]),
+    Route("/api/wallet/transactions/{userId}", get_transactions, methods=["GET"]),
     Route("/api/users", post_user, methods=["POST"]),
     Route("/api/admin/keys", list_keys, methods=["GET"]),
     Route("/api/admin/keys", post_key, methods=["POST"]),
