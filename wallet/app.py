@@ -48,14 +48,15 @@ def create_app(settings: Settings) -> Starlette:
             statement_timeout_ms=settings.statement_timeout_ms,
         )
         feed = BalanceFeed(database_url)
+        autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         try:
             yield {
                 "resources": Resources(
                     settings=settings,
                     engine=engine,
-                    autocommit=engine.execution_options(isolation_level="AUTOCOMMIT"),
+                    autocommit=autocommit,
                     feed=feed,
-                    auth=Authenticator(settings, engine),
+                    auth=Authenticator(settings, autocommit),  # single-statement reads
                     rate_limiter=RateLimiter(
                         settings.rate_limit_per_second, settings.rate_limit_burst
                     ),
@@ -65,6 +66,20 @@ def create_app(settings: Settings) -> Starlette:
             await feed.close()
             await engine.dispose()
 
+    cors = (
+        [
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origin_list,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["authorization", "content-type", "idempotency-key"],
+                expose_headers=["idempotent-replayed", "retry-after", "x-request-id"],
+                max_age=600,
+            )
+        ]
+        if settings.cors_origin_list
+        else []  # no frontend origin configured: no cross-origin access, no per-request cost
+    )
     return Starlette(
         routes=[
             *rest.routes,
@@ -73,14 +88,7 @@ def create_app(settings: Settings) -> Starlette:
         ],
         middleware=[  # outermost first: CORS answers preflights before anyone asks who
             Middleware(RequestIdMiddleware),
-            Middleware(
-                CORSMiddleware,
-                allow_origins=settings.cors_origin_list,
-                allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=["authorization", "content-type", "idempotency-key"],
-                expose_headers=["idempotent-replayed", "retry-after", "x-request-id"],
-                max_age=600,
-            ),
+            *cors,
             Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
             Middleware(AuthMiddleware),
         ],

@@ -31,12 +31,15 @@ from typing import Any, Final, Literal
 
 import jwt
 from sqlalchemy import exists, insert, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from wallet.db.models import ApiKey
 from wallet.errors import RateLimited, Unauthenticated, ValidationError, WalletError
-from wallet.http import error_response
+from wallet.http import error_response, handle_database_error
 from wallet.inputs import TxType
 from wallet.settings import Settings
 
@@ -290,6 +293,14 @@ class AuthMiddleware:
             if error.status == 429:
                 headers["Retry-After"] = str(error.details["retryAfter"])
             await error_response(error, headers=headers)(scope, receive, send)
+            return
+        except (DBAPIError, PoolTimeout, OSError) as trouble:
+            # Out here, the app's exception handlers never see it: answer as they would, so a
+            # database restart or a full pool is a 503 with Retry-After, not a 500.
+            if scope["type"] != "http":
+                raise
+            response = await handle_database_error(Request(scope, receive), trouble)
+            await response(scope, receive, send)
             return
         state["principal"] = principal
         await self.app(scope, receive, send)

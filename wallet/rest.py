@@ -32,7 +32,7 @@ from wallet.inputs import (
     parse_user_id,
     parse_username,
 )
-from wallet.resources import principal, resources, with_connection
+from wallet.resources import principal, read, resources, with_connection
 
 
 def _require_wallet_reader(request: Request, user_id: uuid.UUID) -> None:
@@ -48,9 +48,7 @@ def _require_scope(request: Request, scope: str) -> None:
 async def get_balance(request: Request) -> Response:
     user_id = parse_user_id(request.path_params["userId"])
     _require_wallet_reader(request, user_id)
-    found = await with_connection(
-        resources(request).engine, lambda conn: ledger.balances(conn, user_id)
-    )
+    found = await read(resources(request), lambda conn: ledger.balances(conn, user_id))
     return ok(
         [
             {
@@ -124,8 +122,8 @@ async def get_transactions(request: Request) -> Response:
     before = ledger.decode_cursor(cursor) if cursor else None
     slug = request.query_params.get("assetSlug")
     asset_slug = parse_asset_slug(slug) if slug is not None else None
-    page = await with_connection(
-        resources(request).engine,
+    page = await read(
+        resources(request),
         lambda conn: ledger.history(
             conn, user_id, limit=limit, before=before, asset_slug=asset_slug
         ),
@@ -163,7 +161,7 @@ async def post_user(request: Request) -> Response:
 
 async def list_keys(request: Request) -> Response:
     _require_scope(request, "admin")
-    keys = await with_connection(resources(request).engine, auth.list_keys)
+    keys = await read(resources(request), auth.list_keys)
     return ok(
         [
             {
@@ -237,7 +235,7 @@ async def readyz(request: Request) -> Response:
         await conn.execute(text("SELECT 1"))
 
     try:
-        await asyncio.wait_for(with_connection(resources(request).engine, ping), timeout=3)
+        await asyncio.wait_for(read(resources(request), ping), timeout=3)
     except (TimeoutError, SQLAlchemyError, OSError):
         return error_response(Unavailable("The database is not reachable."))
     return ok({"status": "ready"})

@@ -39,7 +39,9 @@ def create_engine(
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=pool_timeout_s,
-        pool_pre_ping=True,
+        # No pre-ping (a round trip per checkout): a connection the server dropped fails once,
+        # is invalidated with its peers, and the request is retried (resources.with_connection).
+        pool_pre_ping=False,
         pool_recycle=1800,
         connect_args={"server_settings": server_settings, "timeout": 5},
     )

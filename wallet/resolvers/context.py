@@ -13,7 +13,7 @@ from strawberry.dataloader import DataLoader
 from wallet import ledger
 from wallet.auth import ANONYMOUS, Principal
 from wallet.errors import Unauthenticated
-from wallet.resources import Resources, with_connection
+from wallet.resources import Resources, read
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -27,7 +27,7 @@ def _loader(
     """A DataLoader whose every batch runs on its own pooled connection (one session per task)."""
 
     async def load(keys: list[K]) -> list[V | None]:
-        found = await with_connection(resources.engine, lambda conn: fetch(conn, keys))
+        found = await read(resources, lambda conn: fetch(conn, keys))
         return [found.get(key, default()) for key in keys]
 
     return DataLoader(load_fn=load)

@@ -15,7 +15,7 @@ from wallet.inputs import (
     parse_idempotency_key,
 )
 from wallet.resolvers.context import Context
-from wallet.resources import with_connection
+from wallet.resources import read, with_connection
 
 MAX_PAGE = 100
 
@@ -52,7 +52,7 @@ async def asset_by_slug(ctx: Context, slug: str) -> ledger.AssetInfo | None:
 
 async def assets(ctx: Context) -> list[ledger.AssetInfo]:
     require_scope(ctx, "read")
-    return await with_connection(ctx.resources.engine, ledger.assets)
+    return await read(ctx.resources, ledger.assets)
 
 
 async def transaction(ctx: Context, transaction_id: uuid.UUID) -> ledger.TransactionRecord | None:
@@ -73,8 +73,8 @@ async def ledger_page(
         raise ValidationError(f"first must be from 1 to {MAX_PAGE}.", field="first")
     before = ledger.decode_cursor(after) if after else None
     slug = parse_asset_slug(asset_slug) if asset_slug is not None else None
-    return await with_connection(
-        ctx.resources.engine,
+    return await read(
+        ctx.resources,
         lambda conn: ledger.history(
             conn, user_id, limit=first, before=before, asset_slug=slug, tx_type=tx_type
         ),
@@ -145,4 +145,4 @@ async def balance_changes(
 
 async def _fresh_balances(ctx: Context, user_id: uuid.UUID) -> list[ledger.Balance]:
     """Read now, past the per-request loader cache: a subscription outlives its request."""
-    return await with_connection(ctx.resources.engine, lambda conn: ledger.balances(conn, user_id))
+    return await read(ctx.resources, lambda conn: ledger.balances(conn, user_id))
