@@ -2,19 +2,57 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import HTTPConnection
 
+from wallet import ledger
 from wallet.auth import ANONYMOUS, Authenticator, Principal, RateLimiter
 from wallet.feed import BalanceFeed
 from wallet.settings import Settings
 
 T = TypeVar("T")
+
+
+class AssetCatalog:
+    """Assets are few and never change once made, so each process keeps them all in memory.
+
+    A lookup that misses reloads the whole (small) table once, however many resolvers missed at
+    the same moment; an asset that is still missing after that does not exist.
+    """
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, ledger.AssetInfo] = {}
+        self._by_slug: dict[str, ledger.AssetInfo] = {}
+        self._reload: asyncio.Task[None] | None = None
+
+    def remember(self, found: Iterable[ledger.AssetInfo]) -> None:
+        for asset in found:
+            self._by_id[asset.id] = asset
+            self._by_slug[asset.slug] = asset
+
+    async def by_id(self, engine: AsyncEngine, asset_id: int) -> ledger.AssetInfo | None:
+        if asset_id not in self._by_id:
+            await self._reload_all(engine)
+        return self._by_id.get(asset_id)
+
+    async def by_slug(self, engine: AsyncEngine, slug: str) -> ledger.AssetInfo | None:
+        if slug not in self._by_slug:
+            await self._reload_all(engine)
+        return self._by_slug.get(slug)
+
+    async def _reload_all(self, engine: AsyncEngine) -> None:
+        if self._reload is None or self._reload.done():
+            self._reload = asyncio.create_task(self._load(engine))
+        await asyncio.shield(self._reload)
+
+    async def _load(self, engine: AsyncEngine) -> None:
+        self.remember(await with_connection(engine, ledger.assets, begin=False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +63,7 @@ class Resources:
     feed: BalanceFeed
     auth: Authenticator
     rate_limiter: RateLimiter
+    assets: AssetCatalog = field(default_factory=AssetCatalog)
 
 
 def resources(connection: HTTPConnection) -> Resources:

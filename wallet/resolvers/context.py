@@ -36,8 +36,6 @@ def _loader(
 @dataclass
 class Loaders:
     users: DataLoader[uuid.UUID, ledger.UserRecord | None]
-    assets: DataLoader[int, ledger.AssetInfo | None]
-    asset_slugs: DataLoader[str, ledger.AssetInfo | None]
     balances: DataLoader[uuid.UUID, list[ledger.Balance] | None]
     transactions: DataLoader[uuid.UUID, ledger.TransactionRecord | None]
 
@@ -61,8 +59,6 @@ def build_context(
 ) -> Context:
     loaders = Loaders(
         users=_loader(resources, ledger.users_by_id),
-        assets=_loader(resources, ledger.assets_by_id),
-        asset_slugs=_loader(resources, ledger.assets_by_slug),
         balances=_loader(resources, ledger.balances_by_user),
         transactions=_loader(resources, ledger.transactions_by_id),
     )

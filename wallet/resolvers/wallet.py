@@ -40,19 +40,21 @@ async def balances(ctx: Context, user_id: uuid.UUID) -> list[ledger.Balance]:
 
 
 async def asset(ctx: Context, asset_id: int) -> ledger.AssetInfo:
-    found = await ctx.loaders.assets.load(asset_id)
+    found = await ctx.resources.assets.by_id(ctx.resources.autocommit, asset_id)
     if found is None:  # an entry's asset always exists: the foreign key says so
         raise AssertionError(f"asset {asset_id} vanished")
     return found
 
 
 async def asset_by_slug(ctx: Context, slug: str) -> ledger.AssetInfo | None:
-    return await ctx.loaders.asset_slugs.load(slug)
+    return await ctx.resources.assets.by_slug(ctx.resources.autocommit, slug)
 
 
 async def assets(ctx: Context) -> list[ledger.AssetInfo]:
     require_scope(ctx, "read")
-    return await read(ctx.resources, ledger.assets)
+    found = await read(ctx.resources, ledger.assets)
+    ctx.resources.assets.remember(found)
+    return found
 
 
 async def transaction(ctx: Context, transaction_id: uuid.UUID) -> ledger.TransactionRecord | None:

@@ -9,6 +9,7 @@ import structlog
 from graphql import GraphQLError
 from strawberry import Schema
 from strawberry.extensions import (
+    AddValidationRules,
     DisableIntrospection,
     MaskErrors,
     MaxAliasesLimiter,
@@ -73,11 +74,16 @@ class WalletSchema(Schema):
 
 
 def build_schema(settings: Settings) -> Schema:
+    # The limiters' rule classes are made once: the validation cache is keyed by them, so a
+    # fresh class per request would make every request validate its document again.
+    rules = [
+        *QueryDepthLimiter(max_depth=settings.graphql_max_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases).validation_rules,
+    ]
     # Factories, not instances: Strawberry makes fresh extensions for every operation.
     extensions: list[Callable[[], SchemaExtension]] = [
-        partial(QueryDepthLimiter, max_depth=settings.graphql_max_depth),
+        partial(AddValidationRules, rules),
         partial(MaxTokensLimiter, max_token_count=settings.graphql_max_tokens),
-        partial(MaxAliasesLimiter, max_alias_count=settings.graphql_max_aliases),
         partial(ParserCache, maxsize=256),
         partial(ValidationCache, maxsize=256),
         MaskUnexpectedErrors,
