@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import start_server
+from tests.conftest import create_database, drop_database, start_server
 from tests.factories import Factory
 from tests.graphql_client import Subscription, subscribe
+from wallet import ledger
+from wallet.cli import migrate
+from wallet.db.engine import create_engine
+from wallet.feed import CHANNEL, asyncpg_dsn
 
 BALANCE_CHANGED = """
 subscription Changes($id: UUID!, $slug: String) {
@@ -138,3 +144,36 @@ async def test_unknown_asset_filter_is_an_error(base_url: str, factory: Factory)
     async with subscribe(base_url, BALANCE_CHANGED, {"id": str(user), "slug": "rubies"}) as sub:
         message = await sub.socket.recv()
         assert "ASSET_NOT_FOUND" in str(message)
+
+
+async def test_postings_notify_only_while_a_listener_is_registered(server_url: str) -> None:
+    """NOTIFY serialises commits cluster-wide, so postings skip it when nobody listens."""
+    url = await asyncio.to_thread(create_database, server_url, "wallet_notify")
+    try:
+        await asyncio.to_thread(migrate, url)
+        listener = await asyncpg.connect(asyncpg_dsn(url))
+        received: asyncio.Queue[str] = asyncio.Queue()
+        await listener.add_listener(CHANNEL, lambda *args: received.put_nowait(args[3]))
+        engine = create_engine(url, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                await ledger.ensure_asset(conn, slug="gold_coins", name="Gold Coins")
+                user = (await ledger.create_user(conn, username="listener-test")).id
+
+            async def topup() -> None:
+                async with engine.begin() as conn:
+                    request = ledger.TransactRequest(user, "gold_coins", 5, "TOPUP")
+                    await ledger.transact(conn, request, key=str(uuid.uuid4()))
+
+            await topup()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(received.get(), 0.5)
+            await listener.execute("INSERT INTO feed_listeners (pid) VALUES (pg_backend_pid())")
+            await topup()
+            payload = json.loads(await asyncio.wait_for(received.get(), 5))
+            assert (payload["userId"], payload["balance"]) == (str(user), "10")
+        finally:
+            await listener.close()
+            await engine.dispose()
+    finally:
+        await asyncio.to_thread(drop_database, server_url, url)

@@ -2,9 +2,11 @@
 
 `wallet_transact` calls `pg_notify('wallet_balance', ...)`; PostgreSQL delivers it at commit
 (never for a rollback), to every process listening, in commit order. Each process keeps one
-listening connection, outside the pool, opened on the first subscription. If that connection
-drops, it reconnects and tells every subscriber to resynchronise from the database, since
-notifications sent while it was away are gone.
+listening connection, outside the pool, opened on the first subscription, and registers it in
+`feed_listeners`: postings notify only while such a row exists (NOTIFY serialises commits
+cluster-wide, so nobody pays for it unless somebody listens). If the connection drops, it
+reconnects and tells every subscriber to resynchronise from the database, since notifications
+sent while it was away are gone.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sqlalchemy.engine import make_url
 log = structlog.get_logger("wallet.feed")
 
 CHANNEL: Final = "wallet_balance"
+RESYNC_AFTER_START_S: Final = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,11 @@ class BalanceFeed:
             self._subscribers[user_id].discard(queue)
             if not self._subscribers[user_id]:
                 del self._subscribers[user_id]
+
+    def _resync_all(self) -> None:
+        for queues in self._subscribers.values():
+            for queue in queues:
+                queue.put_nowait(RESYNC)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -117,12 +125,23 @@ class BalanceFeed:
             try:
                 conn.add_termination_listener(lambda _conn, event=lost: event.set())
                 await conn.add_listener(CHANNEL, self._on_notify)
+                # Postings notify only while a listener is registered; forget the dead ones.
+                await conn.execute(
+                    "DELETE FROM feed_listeners"
+                    " WHERE pid NOT IN (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)"
+                )
+                await conn.execute(
+                    "INSERT INTO feed_listeners (pid) VALUES (pg_backend_pid())"
+                    " ON CONFLICT DO NOTHING"
+                )
                 self._listening.set()
                 delay = 0.1
                 if reconnecting:
-                    for queues in self._subscribers.values():
-                        for queue in queues:
-                            queue.put_nowait(RESYNC)
+                    self._resync_all()
+                else:
+                    # A posting that looked for listeners just before the row above committed
+                    # may commit without notifying: re-read once it surely has committed.
+                    asyncio.get_running_loop().call_later(RESYNC_AFTER_START_S, self._resync_all)
                 log.info("feed_listening", reconnected=reconnecting)
                 await self._until_lost(conn, lost)
                 log.warning("feed_connection_lost")
@@ -130,4 +149,8 @@ class BalanceFeed:
                 self._listening.clear()
                 reconnecting = True
                 if not conn.is_closed():
+                    with contextlib.suppress(Exception):  # best effort: a dead row only costs
+                        await conn.execute(
+                            "DELETE FROM feed_listeners WHERE pid = pg_backend_pid()", timeout=2
+                        )
                     await conn.close(timeout=2)

@@ -98,6 +98,14 @@ CREATE TABLE idempotency_keys (
 );
 --;
 CREATE INDEX ix_idempotency_keys_created_at ON idempotency_keys (created_at);
+--;
+-- One row per connection LISTENing for balance changes (see wallet/feed.py). Postings notify
+-- only while a row exists: a NOTIFY serialises commits cluster-wide, so nobody pays for it
+-- unless somebody listens.
+CREATE TABLE feed_listeners (
+    pid        integer CONSTRAINT pk_feed_listeners PRIMARY KEY,
+    started_at timestamptz NOT NULL DEFAULT now()
+);
 """
 
 GUARDS = """
@@ -266,10 +274,12 @@ BEGIN
      WHERE k.scope = p_scope AND k.key = p_key;
 
     -- Delivered to LISTENers at commit, never before and never for a rollback.
-    PERFORM pg_notify('wallet_balance', json_build_object(
-        'userId', p_user, 'accountId', v_user_account, 'assetSlug', p_asset,
-        'balance', v_balance::text, 'version', v_version
-    )::text);
+    IF EXISTS (SELECT FROM feed_listeners) THEN
+        PERFORM pg_notify('wallet_balance', json_build_object(
+            'userId', p_user, 'accountId', v_user_account, 'assetSlug', p_asset,
+            'balance', v_balance::text, 'version', v_version
+        )::text);
+    END IF;
 
     RETURN QUERY SELECT 'COMPLETED'::text, false, true, p_txn,
         v_balance - CASE WHEN p_type = 'SPEND' THEN -p_amount ELSE p_amount END, v_balance, v_now;
@@ -293,6 +303,9 @@ def downgrade() -> None:
     op.execute(
         "DROP FUNCTION wallet_transact(text, text, bytea, uuid, text, text, bigint, uuid, text)"
     )
-    op.execute("DROP TABLE idempotency_keys, entries, transactions, accounts, users, assets")
+    op.execute(
+        "DROP TABLE feed_listeners, idempotency_keys, entries, transactions, accounts, users,"
+        " assets"
+    )
     op.execute("DROP FUNCTION ledger_reject_change()")
     op.execute("DROP FUNCTION ledger_check_balanced()")

@@ -51,6 +51,7 @@ GRANTS = [
     "GRANT SELECT, INSERT, UPDATE (revoked_at) ON api_keys TO wallet_app",
     "GRANT SELECT, INSERT ON users, transactions, entries TO wallet_app",
     "GRANT SELECT, INSERT, UPDATE ON accounts, idempotency_keys TO wallet_app",
+    "GRANT SELECT, INSERT, DELETE ON feed_listeners TO wallet_app",
     "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO wallet_app",
     "GRANT EXECUTE ON FUNCTION"
     " wallet_transact(text, text, bytea, uuid, text, text, bigint, uuid, text) TO wallet_app",

@@ -132,3 +132,12 @@ class ApiKey(Base):
     scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
     created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=NOW)
     revoked_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True), nullable=True)
+
+
+class FeedListener(Base):
+    """A connection LISTENing for balance changes; postings notify only while one exists."""
+
+    __tablename__ = "feed_listeners"
+
+    pid: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    started_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=NOW)
