@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
-.PHONY: install browser run test lint format lock schema bench clean
+.PHONY: install browser run test lint format lock schema bench bench-soak chaos chaos-ci clean
 
 $(BIN)/wallet: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,11 +43,24 @@ format: install
 	$(BIN)/ruff check --fix .
 
 lock:  ## re-resolve requirements.lock after editing pyproject.toml (needs uv)
-	uv pip compile pyproject.toml --group dev --generate-hashes --no-header \
+	uv pip compile pyproject.toml --group dev --group bench --generate-hashes --no-header \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
 
 schema: install  ## regenerate schema.graphql, the committed GraphQL SDL snapshot
 	$(BIN)/python -m wallet.schema.build > schema.graphql
+
+bench: $(BIN)/wallet  ## the service against PostgreSQL's own ceiling, same run (bench/README.md)
+	$(BIN)/python -m bench run
+
+bench-soak: $(BIN)/wallet  ## worker RSS over a 5-minute mixed load (bench/README.md)
+	$(BIN)/python -m bench soak
+
+# The fault suite (chaos/README.md): load plus faults on a private PostgreSQL, judged by the ledger.
+chaos: $(BIN)/wallet  ## 60 s of load per scenario; writes chaos/results/latest.md
+	$(BIN)/python -m chaos --duration 60 --publish
+
+chaos-ci: $(BIN)/wallet  ## 8 s of load per scenario, about two and a half minutes in all
+	$(BIN)/python -m chaos --duration 8
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
