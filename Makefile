@@ -59,7 +59,7 @@ bench-soak: $(BIN)/wallet  ## worker RSS over a 5-minute mixed load (bench/READM
 chaos: $(BIN)/wallet  ## 60 s of load per scenario; writes chaos/results/latest.md
 	$(BIN)/python -m chaos --duration 60 --publish
 
-chaos-ci: $(BIN)/wallet  ## 8 s of load per scenario, about two and a half minutes in all
+chaos-ci: $(BIN)/wallet  ## 8 s of load per scenario, about two minutes in all
 	$(BIN)/python -m chaos --duration 8
 
 clean:
