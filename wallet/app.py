@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from wallet import rest
@@ -22,6 +23,7 @@ from wallet.graphql_app import graphql_routes
 from wallet.http import (
     BodyLimitMiddleware,
     RequestIdMiddleware,
+    handle_client_disconnect,
     handle_database_error,
     handle_http_exception,
     handle_unexpected,
@@ -94,6 +96,7 @@ def create_app(settings: Settings) -> Starlette:
         ],
         exception_handlers={
             WalletError: handle_wallet_error,
+            ClientDisconnect: handle_client_disconnect,
             HTTPException: handle_http_exception,
             DBAPIError: handle_database_error,
             PoolTimeout: handle_database_error,

@@ -149,6 +149,11 @@ async def handle_database_error(request: Request, exc: Exception) -> Response:
     return error_response(mapped)
 
 
+async def handle_client_disconnect(request: Request, exc: Exception) -> Response:
+    """The client left before sending its whole body: nobody to answer, nothing to log."""
+    return Response(status_code=400)
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     return internal_error(request)
 
