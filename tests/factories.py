@@ -7,7 +7,11 @@ import uuid
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from wallet import ledger
+from wallet.auth import Authenticator, RateLimiter
+from wallet.feed import BalanceFeed
 from wallet.inputs import TxType
+from wallet.resources import Resources
+from wallet.settings import Settings
 
 
 class Factory:
@@ -42,3 +46,15 @@ class Factory:
                 if b.asset.slug == slug:
                     return b.amount
         return 0
+
+
+def in_process_resources(settings: Settings, engine: AsyncEngine) -> Resources:
+    """What the lifespan would open, around a test's engine, for code run in process."""
+    return Resources(
+        settings=settings,
+        engine=engine,
+        autocommit=engine.execution_options(isolation_level="AUTOCOMMIT"),
+        feed=BalanceFeed("postgresql://unused"),
+        auth=Authenticator(settings, engine),
+        rate_limiter=RateLimiter(0, 0),
+    )

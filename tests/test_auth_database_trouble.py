@@ -16,10 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Receive, Scope, Send
 
 from tests.conftest import free_port
-from wallet.auth import Authenticator, AuthMiddleware, RateLimiter
+from tests.factories import in_process_resources
+from wallet.auth import AuthMiddleware
 from wallet.db.engine import create_engine
-from wallet.feed import BalanceFeed
-from wallet.resources import Resources
 from wallet.settings import Settings
 
 A_KEY = "wk_0123456789ab_" + "x" * 43  # well-formed, so it is looked up in the database
@@ -32,14 +31,7 @@ async def never_reached(scope: Scope, receive: Receive, send: Send) -> None:
 def client_for(engine: AsyncEngine) -> httpx.AsyncClient:
     """AuthMiddleware alone, with the resources the lifespan would give it."""
     settings = Settings(database_url="postgresql://unused", env="test")
-    resources = Resources(
-        settings=settings,
-        engine=engine,
-        autocommit=engine.execution_options(isolation_level="AUTOCOMMIT"),
-        feed=BalanceFeed("postgresql://unused"),
-        auth=Authenticator(settings, engine),
-        rate_limiter=RateLimiter(0, 0),
-    )
+    resources = in_process_resources(settings, engine)
     middleware = AuthMiddleware(never_reached)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

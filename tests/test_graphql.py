@@ -14,12 +14,9 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import Factory
+from tests.factories import Factory, in_process_resources
 from tests.graphql_client import gql, transact
-from wallet.auth import Authenticator, RateLimiter
-from wallet.feed import BalanceFeed
 from wallet.resolvers.context import build_context
-from wallet.resources import Resources
 from wallet.schema.build import build_schema
 from wallet.seed import ALICE
 from wallet.settings import Settings
@@ -237,18 +234,6 @@ async def test_same_key_at_once_through_graphql(
     assert {r["transaction"]["id"] for r in results} == {results[0]["transaction"]["id"]}
     assert Counter(r["replayed"] for r in results) == {True: 19, False: 1}
     assert await factory.balance(user) == 91
-
-
-def in_process_resources(settings: Settings, engine: AsyncEngine) -> Resources:
-    """What the lifespan would open, around the test's engine (open mode: no credentials)."""
-    return Resources(
-        settings=settings,
-        engine=engine,
-        autocommit=engine.execution_options(isolation_level="AUTOCOMMIT"),
-        feed=BalanceFeed("postgresql://unused"),
-        auth=Authenticator(settings, engine),
-        rate_limiter=RateLimiter(0, 0),
-    )
 
 
 async def _statements(engine: AsyncEngine, query: str, variables: dict[str, Any]) -> int:
