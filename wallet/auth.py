@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from wallet.db.models import ApiKey
-from wallet.errors import RateLimited, Unauthenticated, ValidationError, WalletError
+from wallet.errors import Forbidden, RateLimited, Unauthenticated, ValidationError, WalletError
 from wallet.http import error_response, handle_database_error
 from wallet.inputs import TxType
 from wallet.settings import Settings
@@ -66,6 +66,21 @@ class Principal:
         if self.can("transact"):
             return True
         return self.user_id == user_id and tx_type == "SPEND" and user_can_spend
+
+    # The checks both surfaces make: they raise the same FORBIDDEN with the same words.
+    def require(self, scope: str) -> None:
+        if not self.can(scope):
+            raise Forbidden(f"These credentials lack the {scope!r} scope.")
+
+    def require_wallet_reader(self, user_id: uuid.UUID) -> None:
+        if not self.may_read_wallet(user_id):
+            raise Forbidden("These credentials may not read this wallet.")
+
+    def require_transact(
+        self, user_id: uuid.UUID, tx_type: TxType, *, user_can_spend: bool
+    ) -> None:
+        if not self.may_transact(user_id, tx_type, user_can_spend=user_can_spend):
+            raise Forbidden(f"These credentials may not {tx_type} on this wallet.")
 
 
 ANONYMOUS: Final = Principal("anonymous", "", frozenset(SCOPES))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -15,7 +14,6 @@ from starlette.routing import Route
 from wallet import auth, ledger
 from wallet.audit import AuditReport, audit
 from wallet.errors import (
-    Forbidden,
     IdempotencyKeyMissing,
     InsufficientFunds,
     RouteNotFound,
@@ -35,19 +33,9 @@ from wallet.inputs import (
 from wallet.resources import principal, read, resources, with_connection
 
 
-def _require_wallet_reader(request: Request, user_id: uuid.UUID) -> None:
-    if not principal(request).may_read_wallet(user_id):
-        raise Forbidden("These credentials may not read this wallet.")
-
-
-def _require_scope(request: Request, scope: str) -> None:
-    if not principal(request).can(scope):
-        raise Forbidden(f"These credentials lack the {scope!r} scope.")
-
-
 async def get_balance(request: Request) -> Response:
     user_id = parse_user_id(request.path_params["userId"])
-    _require_wallet_reader(request, user_id)
+    principal(request).require_wallet_reader(user_id)
     found = await read(resources(request), lambda conn: ledger.balances(conn, user_id))
     return ok(
         [
@@ -103,8 +91,7 @@ async def post_transact(request: Request) -> Response:
         type=parse_tx_type(body.get("type")),
     )
     who = principal(request)
-    if not who.may_transact(tx.user_id, tx.type, user_can_spend=res.settings.user_can_spend):
-        raise Forbidden(f"These credentials may not {tx.type} on this wallet.")
+    who.require_transact(tx.user_id, tx.type, user_can_spend=res.settings.user_can_spend)
     outcome = await with_connection(
         res.autocommit,
         lambda conn: ledger.transact(conn, tx, key=key, principal=who.name),
@@ -115,7 +102,7 @@ async def post_transact(request: Request) -> Response:
 
 async def get_transactions(request: Request) -> Response:
     user_id = parse_user_id(request.path_params["userId"])
-    _require_wallet_reader(request, user_id)
+    principal(request).require_wallet_reader(user_id)
     raw_limit = request.query_params.get("limit")
     limit = 20 if raw_limit is None else parse_positive_int(raw_limit, field="limit", maximum=100)
     cursor = request.query_params.get("cursor")
@@ -145,7 +132,7 @@ async def get_transactions(request: Request) -> Response:
 
 
 async def post_user(request: Request) -> Response:
-    _require_scope(request, "admin")
+    principal(request).require("admin")
     res = resources(request)
     body = await read_json_object(request)
     username = parse_username(body.get("username"))
@@ -160,7 +147,7 @@ async def post_user(request: Request) -> Response:
 
 
 async def list_keys(request: Request) -> Response:
-    _require_scope(request, "admin")
+    principal(request).require("admin")
     keys = await read(resources(request), auth.list_keys)
     return ok(
         [
@@ -177,21 +164,22 @@ async def list_keys(request: Request) -> Response:
 
 async def post_key(request: Request) -> Response:
     """Create a key; the answer is the only place its secret ever appears."""
-    _require_scope(request, "admin")
+    principal(request).require("admin")
     body = await read_json_object(request)
     name, scopes = body.get("name"), body.get("scopes")
     if not isinstance(name, str):
         raise ValidationError("name must be a string.", field="name")
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise ValidationError("scopes must be a list of strings.", field="scopes")
+    granted = auth.parse_scopes(scopes)
     secret = await with_connection(
-        resources(request).engine, lambda conn: auth.create_key(conn, name=name, scopes=scopes)
+        resources(request).engine, lambda conn: auth.create_key(conn, name=name, scopes=granted)
     )
-    return ok({"name": name, "scopes": auth.parse_scopes(scopes), "key": secret}, status=201)
+    return ok({"name": name, "scopes": granted, "key": secret}, status=201)
 
 
 async def delete_key(request: Request) -> Response:
-    _require_scope(request, "admin")
+    principal(request).require("admin")
     name = request.path_params["name"]
     revoked = await with_connection(
         resources(request).engine, lambda conn: auth.revoke_key(conn, name)
@@ -202,7 +190,7 @@ async def delete_key(request: Request) -> Response:
 
 
 async def get_audit(request: Request) -> Response:
-    _require_scope(request, "admin")
+    principal(request).require("admin")
 
     async def run(conn: AsyncConnection) -> AuditReport:
         await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from wallet import ledger
-from wallet.errors import AssetNotFound, Forbidden, ValidationError
+from wallet.errors import AssetNotFound, ValidationError
 from wallet.feed import Resync
 from wallet.inputs import (
     TxType,
@@ -20,18 +20,8 @@ from wallet.resources import read, with_connection
 MAX_PAGE = 100
 
 
-def require_wallet_reader(ctx: Context, user_id: uuid.UUID) -> None:
-    if not ctx.who().may_read_wallet(user_id):
-        raise Forbidden("These credentials may not read this wallet.")
-
-
-def require_scope(ctx: Context, scope: str) -> None:
-    if not ctx.who().can(scope):
-        raise Forbidden(f"These credentials lack the {scope!r} scope.")
-
-
 async def user(ctx: Context, user_id: uuid.UUID) -> ledger.UserRecord | None:
-    require_wallet_reader(ctx, user_id)
+    ctx.who().require_wallet_reader(user_id)
     return await ctx.loaders.users.load(user_id)
 
 
@@ -51,14 +41,14 @@ async def asset_by_slug(ctx: Context, slug: str) -> ledger.AssetInfo | None:
 
 
 async def assets(ctx: Context) -> list[ledger.AssetInfo]:
-    require_scope(ctx, "read")
+    ctx.who().require("read")
     found = await read(ctx.resources, ledger.assets)
     ctx.resources.assets.remember(found)
     return found
 
 
 async def transaction(ctx: Context, transaction_id: uuid.UUID) -> ledger.TransactionRecord | None:
-    require_scope(ctx, "read")
+    ctx.who().require("read")
     return await ctx.loaders.transactions.load(transaction_id)
 
 
@@ -101,8 +91,7 @@ async def transact(
     )
     key = parse_idempotency_key(idempotency_key, field="idempotencyKey")
     who = ctx.who()
-    if not who.may_transact(user_id, tx_type, user_can_spend=ctx.resources.settings.user_can_spend):
-        raise Forbidden(f"These credentials may not {tx_type} on this wallet.")
+    who.require_transact(user_id, tx_type, user_can_spend=ctx.resources.settings.user_can_spend)
     return await with_connection(
         ctx.resources.autocommit,
         lambda conn: ledger.transact(conn, request, key=key, principal=who.name),
@@ -119,7 +108,7 @@ async def balance_changes(
     drop duplicates. After the feed lost its connection, the balances are re-read and any newer
     than what the subscriber has seen is pushed, so a connected subscriber misses nothing.
     """
-    require_wallet_reader(ctx, user_id)
+    ctx.who().require_wallet_reader(user_id)
     if asset_slug is not None and await asset_by_slug(ctx, asset_slug) is None:
         raise AssetNotFound(f"Asset {asset_slug!r} not found.")
     async with ctx.resources.feed.subscribe(user_id) as queue:
