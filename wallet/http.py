@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -24,9 +23,9 @@ from wallet.errors import (
     PayloadTooLarge,
     RouteNotFound,
     Unavailable,
-    ValidationError,
     WalletError,
 )
+from wallet.jsonbody import parse_json_object
 
 log = structlog.get_logger("wallet.http")
 
@@ -74,28 +73,9 @@ def error_response(error: WalletError, *, headers: Mapping[str, str] | None = No
     )
 
 
-class NotANumber:
-    """Stands in for what JSON cannot carry exactly (NaN, Infinity, huge integers), so that the
-    field holding it is refused by name instead of the whole body."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-
-def _parse_int(text: str) -> int | NotANumber:
-    return int(text) if len(text) <= 40 else NotANumber(text)
-
-
 async def read_json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object, whatever the Content-Type says (BodyLimitMiddleware caps it)."""
-    raw = await request.body()
-    try:
-        body = json.loads(raw, parse_constant=NotANumber, parse_int=_parse_int)
-    except (ValueError, RecursionError):
-        raise ValidationError("The request body is not valid JSON.", field="body") from None
-    if not isinstance(body, dict):
-        raise ValidationError("The request body must be a JSON object.", field="body")
-    return body
+    return parse_json_object(await request.body())
 
 
 def map_database_error(error: Exception) -> WalletError | None:
