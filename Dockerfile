@@ -13,7 +13,7 @@ COPY requirements.lock ./
 RUN pip install --require-hashes --no-deps -r requirements.lock
 
 COPY . .
-# Editable, from /app: wallet/cli.py finds alembic.ini and migrations/ next to the package.
+# Editable, from /app (the migrations ship inside the package).
 RUN pip install --no-deps --no-build-isolation -e . \
     && useradd --system --no-create-home --uid 10001 wallet
 

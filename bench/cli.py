@@ -104,7 +104,7 @@ def code_state() -> dict[str, Any]:
         done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
         return done.stdout.strip() if done.returncode == 0 else ""
 
-    changed = git("status", "--porcelain", "--", "wallet", "migrations")
+    changed = git("status", "--porcelain", "--", "wallet")
     return {
         "root": str(root),
         "commit": git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)",

@@ -13,9 +13,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection
 
 from tests.conftest import create_database, drop_database
-from wallet.cli import ROOT, migrate
+from wallet.cli import migrate
 from wallet.db.engine import create_engine
 from wallet.db.models import Base
+from wallet.migrations import alembic_config
 
 
 @pytest.fixture
@@ -42,10 +43,7 @@ def tables(url: str) -> set[str]:
 
 
 def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
-    from alembic.config import Config
-
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("sqlalchemy.url", empty_database)
+    config = alembic_config(empty_database)
     migrate(empty_database)
     ledger_objects = {"assets", "users", "accounts", "transactions", "entries", "idempotency_keys"}
     assert ledger_objects | {"wallet_transact"} <= tables(empty_database)

@@ -12,7 +12,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
@@ -30,19 +29,14 @@ from wallet.seed import seed
 from wallet.settings import Settings
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parent.parent
 log = structlog.get_logger("wallet.cli")
 
 
 def migrate(database_url: str) -> None:
     """Upgrade the database to the newest migration."""
-    from alembic import command
-    from alembic.config import Config
+    from wallet.migrations import upgrade
 
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
-    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    command.upgrade(config, "head")
+    upgrade(database_url)
 
 
 def _run(
