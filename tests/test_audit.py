@@ -62,9 +62,9 @@ async def test_audit_passes_after_a_random_concurrent_workload(
             "debits equal credits per asset",
         ),
         (
-            "ALTER TABLE accounts DROP CONSTRAINT ck_accounts_user_balance_non_negative;"
+            "ALTER TABLE accounts DROP CONSTRAINT ck_accounts_available_non_negative;"
             " UPDATE accounts SET balance = -5 WHERE user_id = :u",
-            "no user balance is negative",
+            "no user balance is below what it holds (available >= 0)",
         ),
     ],
     ids=["balance drift", "version drift", "unbalanced entry", "negative user"],
@@ -137,7 +137,7 @@ async def test_purge_idempotency_removes_only_expired_keys(
     async with engine.begin() as conn:
         for key in (old_key, new_key):
             await ledger.transact(
-                conn, ledger.TransactRequest(user, "gold_coins", 1, "SPEND"), key=key
+                conn, ledger.TransactRequest(user, "gold_coins", 1, "SPEND"), key=key, principal=""
             )
         await conn.execute(
             text(

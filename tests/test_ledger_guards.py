@@ -50,13 +50,29 @@ async def _insert_transaction(
 async def _insert_entry(
     conn: AsyncConnection, txn: uuid.UUID, account: int, asset_id: int, direction: str, amount: int
 ) -> None:
+    await _insert_entries(conn, txn, asset_id, [(account, direction, amount)])
+
+
+async def _insert_entries(
+    conn: AsyncConnection, txn: uuid.UUID, asset_id: int, legs: list[tuple[int, str, int]]
+) -> None:
+    """Entries of one transaction in one statement, the way postings write them."""
     await conn.execute(
         text(
             "INSERT INTO entries (transaction_id, account_id, asset_id, direction, amount,"
             " balance_after, account_version)"
-            " VALUES (:txn, :acc, :asset, :dir, :amount, 0, 1000000 + floor(random() * 1e9))"
+            " SELECT :txn, leg.account, :asset, leg.direction, leg.amount, 0,"
+            " 1000000 + floor(random() * 1e9)"
+            " FROM unnest(CAST(:accounts AS bigint[]), CAST(:directions AS text[]),"
+            " CAST(:amounts AS bigint[])) AS leg (account, direction, amount)"
         ),
-        {"txn": txn, "acc": account, "asset": asset_id, "dir": direction, "amount": amount},
+        {
+            "txn": txn,
+            "asset": asset_id,
+            "accounts": [leg[0] for leg in legs],
+            "directions": [leg[1] for leg in legs],
+            "amounts": [leg[2] for leg in legs],
+        },
     )
 
 
@@ -124,8 +140,38 @@ async def test_unbalanced_pair_is_rejected(
         async with engine.begin() as conn:
             user_acc, treasury, asset = await _accounts(conn, user)
             txn = await _insert_transaction(conn, user, asset, 5)
-            await _insert_entry(conn, txn, treasury, asset, directions[0], debit)
-            await _insert_entry(conn, txn, user_acc, asset, directions[1], credit)
+            await _insert_entries(
+                conn,
+                txn,
+                asset,
+                [(treasury, directions[0], debit), (user_acc, directions[1], credit)],
+            )
+    assert sqlstate(caught.value) == "W0100"
+
+
+async def test_entries_cannot_be_added_to_a_committed_transaction(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    """Even a balanced pair: the transaction's amount would no longer match its entries."""
+    user = await factory.user(gold=1)
+    async with engine.begin() as conn:
+        user_acc, treasury, asset = await _accounts(conn, user)
+        txn = await _insert_transaction(conn, user, asset, 5)
+        await _insert_entries(conn, txn, asset, [(treasury, "DEBIT", 5), (user_acc, "CREDIT", 5)])
+        await conn.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))
+        await conn.rollback()
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            committed = await conn.scalar(
+                text(
+                    "SELECT transaction_id FROM entries e JOIN accounts a ON a.id = e.account_id"
+                    " WHERE a.user_id = :u LIMIT 1"
+                ),
+                {"u": user},
+            )
+            await _insert_entries(
+                conn, committed, asset, [(treasury, "DEBIT", 1), (user_acc, "CREDIT", 1)]
+            )
     assert sqlstate(caught.value) == "W0100"
 
 
@@ -151,8 +197,7 @@ async def test_a_balanced_hand_written_transaction_is_accepted(
         trans = await conn.begin()
         user_acc, treasury, asset = await _accounts(conn, user)
         txn = await _insert_transaction(conn, user, asset, 5)
-        await _insert_entry(conn, txn, treasury, asset, "DEBIT", 5)
-        await _insert_entry(conn, txn, user_acc, asset, "CREDIT", 5)
+        await _insert_entries(conn, txn, asset, [(treasury, "DEBIT", 5), (user_acc, "CREDIT", 5)])
         await conn.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))  # runs the deferred check now
         await trans.rollback()
 

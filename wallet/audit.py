@@ -49,12 +49,13 @@ _CHECKS: list[tuple[str, str]] = [
             WHERE balance_after <> running""",
     ),
     (
-        "no user balance is negative",
+        "no user balance is below what it holds (available >= 0)",
         """SELECT 'account ' || id || ' (user ' || user_id || '): balance ' || balance
-             FROM accounts WHERE kind = 'USER' AND balance < 0""",
+                  || ', held ' || held
+             FROM accounts WHERE kind = 'USER' AND (balance < held OR held < 0)""",
     ),
     (
-        "every transaction is one DEBIT and one CREDIT of its amount",
+        "every transaction's entries balance: one DEBIT and one CREDIT of its amount",
         """SELECT 'transaction ' || t.id || ': ' || count(e.id) || ' entries'
              FROM transactions t LEFT JOIN entries e ON e.transaction_id = t.id
             GROUP BY t.id, t.amount, t.asset_id
@@ -64,13 +65,70 @@ _CHECKS: list[tuple[str, str]] = [
                OR bool_or(e.amount <> t.amount OR e.asset_id <> t.asset_id)""",
     ),
     (
-        "each transaction moves money the way its type says",
-        """SELECT 'transaction ' || t.id || ' (' || t.type || '): user side is ' || e.direction
+        "each TOPUP, BONUS and SPEND moves money between its user and the Treasury as its type"
+        " says",
+        """SELECT 'transaction ' || t.id || ' (' || t.type || '): ' || e.direction || ' on a '
+                  || acc.kind || ' account'
              FROM transactions t
              JOIN entries e ON e.transaction_id = t.id
-             JOIN accounts acc ON acc.id = e.account_id AND acc.kind = 'USER'
-            WHERE acc.user_id <> t.user_id
-               OR (t.type = 'SPEND') <> (e.direction = 'DEBIT')""",
+             JOIN accounts acc ON acc.id = e.account_id
+            WHERE t.type IN ('TOPUP', 'BONUS', 'SPEND')
+              AND CASE acc.kind
+                  WHEN 'USER' THEN acc.user_id <> t.user_id
+                                   OR (t.type = 'SPEND') <> (e.direction = 'DEBIT')
+                  ELSE (t.type = 'SPEND') <> (e.direction = 'CREDIT') END""",
+    ),
+    (
+        "a TRANSFER moves between two user wallets, from its user",
+        """SELECT 'transaction ' || t.id || ': ' || e.direction || ' on ' || acc.kind
+                  || coalesce(' of user ' || acc.user_id, '')
+             FROM transactions t
+             JOIN entries e ON e.transaction_id = t.id
+             JOIN accounts acc ON acc.id = e.account_id
+            WHERE t.type = 'TRANSFER'
+              AND (acc.kind <> 'USER' OR (e.direction = 'DEBIT') <> (acc.user_id = t.user_id))""",
+    ),
+    (
+        "each reversal runs opposite to its original, which is no reversal",
+        """SELECT 'reversal ' || r.id || ' of ' || r.reverses_id || ': ' || re.direction
+                  || ' on account ' || re.account_id
+             FROM transactions r
+             JOIN transactions o ON o.id = r.reverses_id
+             JOIN entries re ON re.transaction_id = r.id
+             JOIN accounts ra ON ra.id = re.account_id
+            WHERE o.type = 'REVERSAL' OR o.asset_id <> r.asset_id OR NOT EXISTS (
+                  SELECT 1 FROM entries oe JOIN accounts oa ON oa.id = oe.account_id
+                   WHERE oe.transaction_id = o.id AND oe.direction <> re.direction
+                     AND CASE WHEN ra.kind = 'USER' THEN oe.account_id = re.account_id
+                              ELSE oa.kind = ra.kind END)""",
+    ),
+    (
+        "the reversals of a transaction sum to at most its amount",
+        """SELECT 'transaction ' || o.id || ': amount ' || o.amount || ', reversed '
+                  || sum(r.amount)
+             FROM transactions o JOIN transactions r ON r.reverses_id = o.id
+            GROUP BY o.id, o.amount HAVING sum(r.amount) > o.amount""",
+    ),
+    (
+        "each wallet holds exactly its HELD holds, and nothing for a finished one",
+        """SELECT 'account ' || acc.id || ': held ' || acc.held || ', HELD holds sum to '
+                  || coalesce(h.total, 0)
+             FROM accounts acc
+             LEFT JOIN (SELECT account_id, sum(amount) AS total FROM holds
+                         WHERE status = 'HELD' GROUP BY account_id) h ON h.account_id = acc.id
+            WHERE acc.held <> coalesce(h.total, 0)""",
+    ),
+    (
+        "a captured hold posted at most its amount, once, from its own wallet",
+        """SELECT 'hold ' || h.id || ': amount ' || h.amount || ', captured '
+                  || h.captured_amount || ', posted ' || coalesce(t.amount::text, 'nothing')
+             FROM holds h LEFT JOIN transactions t ON t.id = h.transaction_id
+            WHERE h.captured_amount > h.amount
+               OR (h.status = 'CAPTURED' AND (t.id IS NULL OR t.amount <> h.captured_amount
+                   OR t.hold_id <> h.id OR t.user_id <> h.user_id))
+               OR (h.status <> 'CAPTURED' AND h.captured_amount <> 0)
+               OR (SELECT count(*) FROM transactions x WHERE x.hold_id = h.id)
+                  <> (h.status = 'CAPTURED')::int""",
     ),
 ]
 

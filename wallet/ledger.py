@@ -35,8 +35,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
@@ -55,7 +55,7 @@ from wallet.errors import (
 )
 from wallet.inputs import TxType
 
-Outcome = Literal["COMPLETED", "INSUFFICIENT_FUNDS"]
+Outcome = Literal["COMPLETED", "INSUFFICIENT_FUNDS", "BALANCE_LIMIT_EXCEEDED"]
 Direction = Literal["DEBIT", "CREDIT"]
 
 TRANSACT_ROUTE = "POST /api/wallet/transact"
@@ -64,8 +64,28 @@ MAX_ENTRY_ID = 2**63 - 1  # entries.id is a bigint
 _TRANSACT_SQL = text(
     "SELECT outcome, replayed, fingerprint_matches, transaction_id, balance_before,"
     " balance_after, created_at FROM wallet_transact(:scope, :key, :fingerprint, :user_id,"
-    " :asset, :type, :amount, :txn, :principal)"
+    " :asset, :type, :amount, :txn, :principal, :reference, CAST(:metadata AS jsonb))"
 ).bindparams(bindparam("fingerprint", type_=IdempotencyKey.fingerprint.type))
+
+
+def fingerprint(
+    route: str,
+    fields: Mapping[str, Any],
+    *,
+    reference: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> bytes:
+    """What identifies a request for idempotency: its route and every field, canonically.
+
+    `reference` and `metadata` count only when given, so a request without them keeps the
+    fingerprint it had before they existed (keys stored then still replay)."""
+    canonical = dict(fields)
+    if reference is not None:
+        canonical["reference"] = reference
+    if metadata:
+        canonical["metadata"] = dict(metadata)
+    body = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(route.encode() + b"\n" + body).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,18 +96,21 @@ class TransactRequest:
     asset_slug: str
     amount: int
     type: TxType
+    reference: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def fingerprint(self) -> bytes:
-        canonical = orjson.dumps(
+        return fingerprint(
+            TRANSACT_ROUTE,
             {
                 "amount": self.amount,
                 "assetSlug": self.asset_slug,
                 "type": self.type,
                 "userId": str(self.user_id),
             },
-            option=orjson.OPT_SORT_KEYS,
+            reference=self.reference,
+            metadata=self.metadata,
         )
-        return hashlib.sha256(TRANSACT_ROUTE.encode() + b"\n" + canonical).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +187,7 @@ def _sqlstate(error: DBAPIError) -> str | None:
 
 
 async def transact(
-    conn: AsyncConnection, request: TransactRequest, *, key: str, principal: str = ""
+    conn: AsyncConnection, request: TransactRequest, *, key: str, principal: str
 ) -> TransactOutcome:
     """Post one transaction exactly once per (principal, key); replay the stored outcome after.
 
@@ -184,6 +207,8 @@ async def transact(
                 "amount": request.amount,
                 "txn": uuid.uuid4(),
                 "principal": principal,
+                "reference": request.reference,
+                "metadata": orjson.dumps(request.metadata).decode(),
             },
         )
     except DBAPIError as error:
@@ -434,3 +459,49 @@ async def purge_idempotency(conn: AsyncConnection, *, older_than: timedelta) -> 
         delete(IdempotencyKey).where(IdempotencyKey.created_at < func.now() - older_than)
     )
     return result.rowcount
+
+
+_CHANGES_AFTER_SQL = text(
+    "SELECT e.account_id, e.balance_after, e.account_version,"
+    "       s.id AS asset_id, s.slug, s.name, s.decimals"
+    "  FROM accounts a"
+    "  JOIN assets s ON s.id = a.asset_id"
+    "  LEFT JOIN unnest(CAST(:accounts AS bigint[]), CAST(:versions AS bigint[]))"
+    "       AS seen (account_id, version) ON seen.account_id = a.id"
+    "  CROSS JOIN LATERAL ("
+    "       SELECT x.id, x.account_id, x.balance_after, x.account_version FROM entries x"
+    "        WHERE x.account_id = a.id AND x.account_version > coalesce(seen.version, 0)"
+    "        ORDER BY x.account_version LIMIT :limit) e"
+    " WHERE a.user_id = :user_id AND a.kind = 'USER'"
+    "   AND (CAST(:asset_slug AS text) IS NULL OR s.slug = :asset_slug)"
+    " ORDER BY e.id LIMIT :limit"
+)
+
+
+async def balance_changes_after(
+    conn: AsyncConnection,
+    user_id: uuid.UUID,
+    *,
+    after: dict[int, int],
+    asset_slug: str | None = None,
+    limit: int = 500,
+) -> list[Balance]:
+    """The user's balance changes past `after` (account id -> last version seen; other accounts
+    from their first), oldest first, at most `limit`: read from the entries, which keep each
+    account's balance and version after them, so a feed subscriber that missed notifications is
+    sent every change it missed, not only the latest balance.
+
+    Entries of one account are written under its row lock, so their ids follow its versions;
+    each account's entries are found through (account_id, account_version), however long its
+    history."""
+    rows = await conn.execute(
+        _CHANGES_AFTER_SQL,
+        {
+            "user_id": user_id,
+            "accounts": list(after),
+            "versions": list(after.values()),
+            "asset_slug": asset_slug,
+            "limit": limit,
+        },
+    )
+    return [Balance(r.account_id, _asset(r), r.balance_after, r.account_version) for r in rows]
