@@ -275,7 +275,11 @@ class LedgerModel(RuleBasedStateMachine):
             async with self.db.engine.connect() as conn:
                 while True:
                     page = await ledger.history(
-                        conn, user, limit=limit, before=before, asset_slug=asset, tx_type=tx_type
+                        conn,
+                        user,
+                        limit=limit,
+                        before=before,
+                        filters=ledger.HistoryFilter(asset_slug=asset, type=tx_type),
                     )
                     assert len(page.items) <= limit
                     seen += [

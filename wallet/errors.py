@@ -15,6 +15,7 @@ class WalletError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+        self.replayed = False  # a stored answer given again for the same Idempotency-Key
 
     @property
     def extensions(self) -> dict[str, Any]:
@@ -32,6 +33,13 @@ class IdempotencyKeyMissing(WalletError):
     status = 400
 
 
+class InvalidHost(WalletError):
+    """A Host header the service does not answer to (DNS rebinding defence)."""
+
+    code = "INVALID_HOST"
+    status = 400
+
+
 class Unauthenticated(WalletError):
     code = "UNAUTHENTICATED"
     status = 401
@@ -39,6 +47,13 @@ class Unauthenticated(WalletError):
 
 class Forbidden(WalletError):
     code = "FORBIDDEN"
+    status = 403
+
+
+class OriginNotAllowed(WalletError):
+    """A write (or WebSocket) from a web page whose origin is not one of ours."""
+
+    code = "ORIGIN_NOT_ALLOWED"
     status = 403
 
 
@@ -57,13 +72,35 @@ class AssetNotFound(WalletError):
     status = 404
 
 
+class TransactionNotFound(WalletError):
+    code = "TRANSACTION_NOT_FOUND"
+    status = 404
+
+
+class HoldNotFound(WalletError):
+    code = "HOLD_NOT_FOUND"
+    status = 404
+
+
 class MethodNotAllowed(WalletError):
     code = "METHOD_NOT_ALLOWED"
     status = 405
 
 
+class RequestTimeout(WalletError):
+    """The client sent its headers or body too slowly."""
+
+    code = "REQUEST_TIMEOUT"
+    status = 408
+
+
 class UserAlreadyExists(WalletError):
     code = "USER_ALREADY_EXISTS"
+    status = 409
+
+
+class AssetAlreadyExists(WalletError):
+    code = "ASSET_ALREADY_EXISTS"
     status = 409
 
 
@@ -72,9 +109,38 @@ class PayloadTooLarge(WalletError):
     status = 413
 
 
-class InsufficientFunds(WalletError):
-    code = "INSUFFICIENT_FUNDS"
+class Declined(WalletError):
+    """A decision of the ledger (stored with the key and replayed), not a malformed request."""
+
     status = 422
+
+
+class InsufficientFunds(Declined):
+    code = "INSUFFICIENT_FUNDS"
+
+
+class BalanceLimitExceeded(Declined):
+    code = "BALANCE_LIMIT_EXCEEDED"
+
+
+class ReversalExceedsOriginal(Declined):
+    code = "REVERSAL_EXCEEDS_ORIGINAL"
+
+
+class NotReversible(Declined):
+    code = "NOT_REVERSIBLE"
+
+
+class HoldNotActive(Declined):
+    code = "HOLD_NOT_ACTIVE"
+
+
+class HoldExpired(Declined):
+    code = "HOLD_EXPIRED"
+
+
+class BatchFailed(Declined):
+    code = "BATCH_FAILED"
 
 
 class IdempotencyKeyReused(WalletError):
@@ -85,6 +151,11 @@ class IdempotencyKeyReused(WalletError):
 class RateLimited(WalletError):
     code = "RATE_LIMITED"
     status = 429
+
+
+class HeadersTooLarge(WalletError):
+    code = "HEADERS_TOO_LARGE"
+    status = 431
 
 
 class Busy(WalletError):

@@ -104,6 +104,7 @@ class Hold(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)  # orders pages, newest first
     account_id: Mapped[int] = mapped_column(BigInteger)
     asset_id: Mapped[int] = mapped_column()
     user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), ForeignKey("users.id"))

@@ -65,6 +65,7 @@ CREATE INDEX ix_entries_account_id_created_at ON entries (account_id, created_at
 -- (a posting), voided or expired. Holds are locked before accounts.
 CREATE TABLE holds (
     id              uuid CONSTRAINT pk_holds PRIMARY KEY,
+    seq             bigint GENERATED ALWAYS AS IDENTITY CONSTRAINT uq_holds_seq UNIQUE,
     account_id      bigint NOT NULL,
     asset_id        integer NOT NULL,
     user_id         uuid NOT NULL CONSTRAINT fk_holds_user_id_users REFERENCES users (id),
@@ -90,7 +91,7 @@ CREATE TABLE holds (
     CONSTRAINT ck_holds_finished CHECK ((status = 'HELD') = (finished_at IS NULL))
 )
 --;
-CREATE INDEX ix_holds_user_id_created_at ON holds (user_id, created_at, id)
+CREATE INDEX ix_holds_user_id_seq ON holds (user_id, seq)
 --;
 CREATE INDEX ix_holds_expires_at ON holds (expires_at) WHERE status = 'HELD'
 --;

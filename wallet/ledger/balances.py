@@ -1,0 +1,120 @@
+"""Balances: now, at a past instant, and the changes a feed subscriber missed."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from wallet.db.models import Account, Asset
+from wallet.errors import UserNotFound
+from wallet.ledger.common import ASSET_COLUMNS, Balance, asset_of
+from wallet.ledger.users import user_exists
+
+
+async def balances_by_user(
+    conn: AsyncConnection, user_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[Balance]]:
+    """Each user's accounts, by asset slug; users without accounts map to []."""
+    rows = await conn.execute(
+        select(
+            Account.user_id,
+            Account.id,
+            Account.balance,
+            Account.version,
+            Account.held,
+            *ASSET_COLUMNS,
+        )
+        .join(Asset, Asset.id == Account.asset_id)
+        .where(Account.user_id.in_(user_ids), Account.kind == "USER")
+        .order_by(Asset.slug)
+    )
+    found: dict[uuid.UUID, list[Balance]] = {user_id: [] for user_id in user_ids}
+    for r in rows:
+        found[r.user_id].append(Balance(r.id, asset_of(r), r.balance, r.version, r.held))
+    return found
+
+
+async def balances(conn: AsyncConnection, user_id: uuid.UUID) -> list[Balance]:
+    """One row per asset the user holds an account for, by asset slug."""
+    found = (await balances_by_user(conn, [user_id]))[user_id]
+    if not found and not await user_exists(conn, user_id):
+        raise UserNotFound(f"User {user_id} not found.")
+    return found
+
+
+# An account's entries are in the same order by time and by version (a posting takes its
+# timestamp after its locks), so the last entry at or before the instant is the balance then.
+# What was held then comes from the holds alive at that instant.
+_AT_SQL = text(
+    "SELECT a.id, e.balance_after, e.account_version, s.id AS asset_id, s.slug, s.name,"
+    "       s.decimals,"
+    "       (SELECT coalesce(sum(h.amount), 0) FROM holds h"
+    "         WHERE h.account_id = a.id AND h.created_at <= :at"
+    "           AND (h.finished_at IS NULL OR h.finished_at > :at)) AS held"
+    "  FROM accounts a"
+    "  JOIN assets s ON s.id = a.asset_id"
+    "  CROSS JOIN LATERAL ("
+    "       SELECT x.balance_after, x.account_version FROM entries x"
+    "        WHERE x.account_id = a.id AND x.created_at <= :at"
+    "        ORDER BY x.created_at DESC, x.account_version DESC LIMIT 1) e"
+    " WHERE a.user_id = :user_id AND a.kind = 'USER'"
+    " ORDER BY s.slug"
+)
+
+
+async def balances_at(conn: AsyncConnection, user_id: uuid.UUID, at: datetime) -> list[Balance]:
+    """Each balance as it stood at `at`; assets with no entry by then are left out."""
+    if not await user_exists(conn, user_id):
+        raise UserNotFound(f"User {user_id} not found.")
+    rows = await conn.execute(_AT_SQL, {"user_id": user_id, "at": at})
+    return [Balance(r.id, asset_of(r), r.balance_after, r.account_version, r.held) for r in rows]
+
+
+_CHANGES_AFTER_SQL = text(
+    "SELECT e.account_id, e.balance_after, e.account_version,"
+    "       s.id AS asset_id, s.slug, s.name, s.decimals"
+    "  FROM accounts a"
+    "  JOIN assets s ON s.id = a.asset_id"
+    "  LEFT JOIN unnest(CAST(:accounts AS bigint[]), CAST(:versions AS bigint[]))"
+    "       AS seen (account_id, version) ON seen.account_id = a.id"
+    "  CROSS JOIN LATERAL ("
+    "       SELECT x.id, x.account_id, x.balance_after, x.account_version FROM entries x"
+    "        WHERE x.account_id = a.id AND x.account_version > coalesce(seen.version, 0)"
+    "        ORDER BY x.account_version LIMIT :limit) e"
+    " WHERE a.user_id = :user_id AND a.kind = 'USER'"
+    "   AND (CAST(:asset_slug AS text) IS NULL OR s.slug = :asset_slug)"
+    " ORDER BY e.id LIMIT :limit"
+)
+
+
+async def balance_changes_after(
+    conn: AsyncConnection,
+    user_id: uuid.UUID,
+    *,
+    after: dict[int, int],
+    asset_slug: str | None = None,
+    limit: int = 500,
+) -> list[Balance]:
+    """The user's balance changes past `after` (account id -> last version seen; other accounts
+    from their first), oldest first, at most `limit`: read from the entries, which keep each
+    account's balance and version after them, so a feed subscriber that missed notifications is
+    sent every change it missed, not only the latest balance.
+
+    Entries of one account are written under its row lock, so their ids follow its versions;
+    each account's entries are found through (account_id, account_version), however long its
+    history."""
+    rows = await conn.execute(
+        _CHANGES_AFTER_SQL,
+        {
+            "user_id": user_id,
+            "accounts": list(after),
+            "versions": list(after.values()),
+            "asset_slug": asset_slug,
+            "limit": limit,
+        },
+    )
+    return [Balance(r.account_id, asset_of(r), r.balance_after, r.account_version) for r in rows]

@@ -1,0 +1,152 @@
+"""Batches: up to 1,000 TOPUP, BONUS, SPEND and TRANSFER operations in one round trip.
+
+Atomic batches are all or nothing; the others run each operation on its own, under its own key
+and exactly the rules of its route (a retried batch replays what was done and runs the rest).
+Either way every account the batch touches is locked first, in ascending id order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import orjson
+from sqlalchemy import bindparam, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from wallet.db.models import IdempotencyKey
+from wallet.errors import (
+    AssetNotFound,
+    BatchFailed,
+    IdempotencyKeyReused,
+    UserNotFound,
+    WalletError,
+)
+from wallet.ledger.common import Stored, call_keyed, declined, fingerprint, parse_time
+from wallet.ledger.postings import TransactOutcome, TransactRequest, refusal
+from wallet.ledger.transfers import TransferDone, TransferRequest, transfer_outcome
+
+BATCH_ROUTE: Final = "POST /api/wallet/batch"
+MAX_OPERATIONS: Final = 1000
+OpName = Literal["TOPUP", "BONUS", "SPEND", "TRANSFER"]
+
+_BATCH_SQL = text(
+    "SELECT outcome, replayed, fingerprint_matches, result FROM wallet_batch(:scope, :key,"
+    " :fingerprint, :atomic, CAST(:operations AS jsonb), :principal)"
+).bindparams(bindparam("fingerprint", type_=IdempotencyKey.fingerprint.type))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOperation:
+    request: TransactRequest | TransferRequest
+    key: str | None = None  # the operation's own Idempotency-Key (required unless atomic)
+
+    @property
+    def op(self) -> OpName:
+        return "TRANSFER" if isinstance(self.request, TransferRequest) else self.request.type
+
+    def payload(self) -> dict[str, Any]:
+        """What wallet_batch reads for this operation."""
+        r = self.request
+        common: dict[str, Any] = {
+            "op": self.op,
+            "assetSlug": r.asset_slug,
+            "amount": r.amount,
+            "reference": r.reference,
+            "metadata": dict(r.metadata),
+            "txn": str(uuid.uuid4()),
+            "key": self.key,
+            "fingerprint": r.fingerprint().hex(),
+        }
+        if isinstance(r, TransferRequest):
+            return {**common, "fromUserId": str(r.from_user_id), "toUserId": str(r.to_user_id)}
+        return {**common, "userId": str(r.user_id)}
+
+
+OperationResult = TransactOutcome | TransferDone | WalletError
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    results: list[OperationResult]
+    replayed: bool
+
+
+def batch_fingerprint(operations: list[BatchOperation], *, atomic: bool) -> bytes:
+    return fingerprint(
+        BATCH_ROUTE,
+        {
+            "atomic": atomic,
+            "operations": [
+                {"fingerprint": o.request.fingerprint().hex(), "key": o.key} for o in operations
+            ],
+        },
+    )
+
+
+_NOT_FOUND: Final = {"USER_NOT_FOUND": UserNotFound, "ASSET_NOT_FOUND": AssetNotFound}
+
+
+def _result(operation: BatchOperation, raw: dict[str, Any]) -> OperationResult:
+    if raw["outcome"] == "ERROR":
+        return _NOT_FOUND[raw["code"]](f"{raw['code'].replace('_', ' ').capitalize()}.")
+    if not raw["fingerprintMatches"]:
+        return IdempotencyKeyReused(
+            "This Idempotency-Key was already used for a different request."
+        )
+    request = operation.request
+    if isinstance(request, TransferRequest):
+        stored = Stored(raw["outcome"], raw["replayed"], raw["result"])
+        try:
+            return transfer_outcome(stored, request.amount)
+        except WalletError as error:
+            return error
+    outcome = TransactOutcome(
+        request=request,
+        outcome=raw["outcome"],
+        replayed=raw["replayed"],
+        transaction_id=uuid.UUID(raw["transactionId"]) if raw["transactionId"] else None,
+        balance_before=int(raw["balanceBefore"]),
+        balance_after=int(raw["balanceAfter"]),
+        created_at=parse_time(raw["createdAt"]),
+    )
+    return refusal(outcome) or outcome
+
+
+async def batch(
+    conn: AsyncConnection,
+    operations: list[BatchOperation],
+    *,
+    atomic: bool,
+    key: str,
+    principal: str,
+) -> BatchDone:
+    """Run the batch exactly once per (principal, key); an atomic failure raises BatchFailed
+    naming the first operation that failed and its code."""
+    stored = await call_keyed(
+        conn,
+        _BATCH_SQL,
+        {
+            "scope": principal,
+            "key": key,
+            "fingerprint": batch_fingerprint(operations, atomic=atomic),
+            "atomic": atomic,
+            "operations": orjson.dumps([o.payload() for o in operations]).decode(),
+            "principal": principal,
+        },
+    )
+    if stored.outcome == "BATCH_FAILED":
+        index, code = stored.result["index"], stored.result["code"]
+        raise declined(
+            stored,
+            BatchFailed(
+                f"Operation {index} failed with {code}; nothing in the batch was done.",
+                index=index,
+                code=code,
+            ),
+        )
+    return BatchDone(
+        results=[_result(o, raw) for o, raw in zip(operations, stored.result, strict=True)],
+        replayed=stored.replayed,
+    )

@@ -1,0 +1,180 @@
+"""What every part of the ledger shares: value types, fingerprints, cursors, SQLSTATE mapping."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal, NoReturn, cast
+
+import orjson
+from sqlalchemy import Row, TextClause
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from wallet.db.models import Asset
+from wallet.errors import (
+    AssetNotFound,
+    BalanceLimitExceeded,
+    HoldNotFound,
+    IdempotencyKeyReused,
+    TransactionNotFound,
+    UserNotFound,
+    ValidationError,
+    WalletError,
+)
+
+Direction = Literal["DEBIT", "CREDIT"]
+Metadata = Mapping[str, str | int | bool | None]
+MAX_BIGINT: Final = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class AssetInfo:
+    id: int
+    slug: str
+    name: str
+    decimals: int
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """A user's account in one asset. `amount` is the whole balance, held coins included;
+    `version` counts its entries and orders its balance changes."""
+
+    account_id: int
+    asset: AssetInfo
+    amount: int
+    version: int
+    held: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.amount - self.held
+
+
+ASSET_COLUMNS: Final = (Asset.id.label("asset_id"), Asset.slug, Asset.name, Asset.decimals)
+
+
+def asset_of(row: Row[Any, *tuple[Any, ...]]) -> AssetInfo:
+    """An AssetInfo from a row selected with ASSET_COLUMNS (or the same labels)."""
+    return AssetInfo(row.asset_id, row.slug, row.name, row.decimals)
+
+
+def fingerprint(
+    route: str,
+    fields: Mapping[str, Any],
+    *,
+    reference: str | None = None,
+    metadata: Metadata | None = None,
+) -> bytes:
+    """What identifies a request for idempotency: its route and every field, canonically.
+
+    `reference` and `metadata` count only when given, so a request without them keeps the
+    fingerprint it had before they existed (keys stored then still replay)."""
+    canonical = dict(fields)
+    if reference is not None:
+        canonical["reference"] = reference
+    if metadata:
+        canonical["metadata"] = dict(metadata)
+    body = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(route.encode() + b"\n" + body).digest()
+
+
+def metadata_json(metadata: Metadata) -> str:
+    return orjson.dumps(dict(metadata)).decode()
+
+
+def sqlstate(error: DBAPIError) -> str | None:
+    return cast(str | None, getattr(error.orig, "sqlstate", None))
+
+
+# What the posting functions raise (wallet/sql/ledger.sql's header lists them).
+_RAISED: Final = {
+    "W0001": (UserNotFound, "User not found."),
+    "W0002": (AssetNotFound, "Asset not found."),
+    "W0003": (TransactionNotFound, "Transaction not found."),
+    "W0004": (HoldNotFound, "Hold not found."),
+    "W0006": (ValidationError, "amount exceeds the hold's amount."),
+    "W0007": (ValidationError, "toUserId must be another user than the hold's."),
+    "W0103": (BalanceLimitExceeded, "The asset's Treasury has no room left for this amount."),
+}
+_FIELDS: Final = {"W0006": "amount", "W0007": "toUserId"}
+
+
+def raise_for_sqlstate(error: DBAPIError, **names: str) -> NoReturn:
+    """Turn a posting function's SQLSTATE into its WalletError (re-raise anything else).
+
+    `names` may override a message by SQLSTATE, e.g. `W0001="User … not found."`."""
+    state = sqlstate(error)
+    if state not in _RAISED:
+        raise error
+    kind, message = _RAISED[state]
+    details = {"field": _FIELDS[state]} if state in _FIELDS else {}
+    raise kind(names.get(state, message), **details) from None
+
+
+def parse_time(value: str) -> datetime:
+    """A timestamp the database wrote into a JSON answer."""
+    return datetime.fromisoformat(value)
+
+
+def optional_uuid(value: object) -> uuid.UUID | None:
+    return uuid.UUID(str(value)) if value is not None else None
+
+
+def encode_cursor(entry_id: int, *, prefix: str = "e") -> str:
+    return base64.urlsafe_b64encode(f"{prefix}:{entry_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, *, prefix: str = "e") -> int:
+    """The cursor is opaque to clients; anything we did not issue is a validation error."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        found, _, number = raw.partition(":")
+        if found != prefix or not number.isdigit() or len(number) > 19:
+            raise ValueError(raw)
+        if int(number) > MAX_BIGINT:
+            raise ValueError(raw)
+        return int(number)
+    except ValueError:
+        raise ValidationError(
+            "cursor is not a cursor this service issued.", field="cursor"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What a keyed posting function answered: its outcome and the answer stored with the key."""
+
+    outcome: str
+    replayed: bool
+    result: Any
+
+
+async def call_keyed(
+    conn: AsyncConnection, sql: TextClause, params: Mapping[str, Any], **messages: str
+) -> Stored:
+    """Run one of the keyed posting functions (they answer outcome, replayed,
+    fingerprint_matches, result); a key used for another request is IDEMPOTENCY_KEY_REUSED."""
+    try:
+        row = (await conn.execute(sql, params)).one()
+    except DBAPIError as error:
+        raise_for_sqlstate(error, **messages)
+    if not row.fingerprint_matches:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was already used for a different request.",
+            originalTransactionId=(row.result or {}).get("transactionId")
+            if isinstance(row.result, dict)
+            else None,
+        )
+    return Stored(row.outcome, row.replayed, row.result)
+
+
+def declined(stored: Stored, error: WalletError) -> WalletError:
+    """A stored refusal, marked as replayed when it is one."""
+    error.replayed = stored.replayed
+    return error

@@ -1,0 +1,145 @@
+"""TOPUP, BONUS and SPEND: coins between a user and the asset's Treasury (`wallet_transact`)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Final, Literal
+
+from sqlalchemy import bindparam, delete, func, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from wallet.db.models import IdempotencyKey
+from wallet.errors import (
+    BalanceLimitExceeded,
+    IdempotencyKeyReused,
+    InsufficientFunds,
+    WalletError,
+)
+from wallet.inputs import TxType
+from wallet.ledger.common import Metadata, fingerprint, metadata_json, raise_for_sqlstate
+
+Outcome = Literal["COMPLETED", "INSUFFICIENT_FUNDS", "BALANCE_LIMIT_EXCEEDED"]
+
+TRANSACT_ROUTE: Final = "POST /api/wallet/transact"
+
+_TRANSACT_SQL = text(
+    "SELECT outcome, replayed, fingerprint_matches, transaction_id, balance_before,"
+    " balance_after, created_at FROM wallet_transact(:scope, :key, :fingerprint, :user_id,"
+    " :asset, :type, :amount, :txn, :principal, :reference, CAST(:metadata AS jsonb))"
+).bindparams(bindparam("fingerprint", type_=IdempotencyKey.fingerprint.type))
+
+
+@dataclass(frozen=True, slots=True)
+class TransactRequest:
+    """What a client asks for; its fingerprint identifies it for idempotency."""
+
+    user_id: uuid.UUID
+    asset_slug: str
+    amount: int
+    type: TxType
+    reference: str | None = None
+    metadata: Metadata = field(default_factory=dict)
+
+    def fingerprint(self) -> bytes:
+        return fingerprint(
+            TRANSACT_ROUTE,
+            {
+                "amount": self.amount,
+                "assetSlug": self.asset_slug,
+                "type": self.type,
+                "userId": str(self.user_id),
+            },
+            reference=self.reference,
+            metadata=self.metadata,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TransactOutcome:
+    """What the ledger decided; the same whether it just happened or is being replayed."""
+
+    request: TransactRequest
+    outcome: Outcome
+    replayed: bool
+    transaction_id: uuid.UUID | None
+    balance_before: int
+    balance_after: int
+    created_at: datetime
+
+
+async def transact(
+    conn: AsyncConnection, request: TransactRequest, *, key: str, principal: str
+) -> TransactOutcome:
+    """Post one transaction exactly once per (principal, key); replay the stored outcome after.
+
+    Keys are scoped per principal: two callers cannot collide on, or replay, each other's keys.
+    The principal is recorded on the transaction.
+    """
+    try:
+        result = await conn.execute(
+            _TRANSACT_SQL,
+            {
+                "scope": principal,
+                "key": key,
+                "fingerprint": request.fingerprint(),
+                "user_id": request.user_id,
+                "asset": request.asset_slug,
+                "type": request.type,
+                "amount": request.amount,
+                "txn": uuid.uuid4(),
+                "principal": principal,
+                "reference": request.reference,
+                "metadata": metadata_json(request.metadata),
+            },
+        )
+    except DBAPIError as error:
+        raise_for_sqlstate(
+            error,
+            W0001=f"User {request.user_id} not found.",
+            W0002=f"Asset {request.asset_slug!r} not found.",
+        )
+    row = result.one()
+    if not row.fingerprint_matches:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was already used for a different request.",
+            originalTransactionId=str(row.transaction_id) if row.transaction_id else None,
+        )
+    return TransactOutcome(
+        request=request,
+        outcome=row.outcome,
+        replayed=row.replayed,
+        transaction_id=row.transaction_id,
+        balance_before=row.balance_before,
+        balance_after=row.balance_after,
+        created_at=row.created_at,
+    )
+
+
+async def purge_idempotency(conn: AsyncConnection, *, older_than: timedelta) -> int:
+    """Delete idempotency keys older than the retention; returns how many went."""
+    result = await conn.execute(
+        delete(IdempotencyKey).where(IdempotencyKey.created_at < func.now() - older_than)
+    )
+    return result.rowcount
+
+
+def refusal(outcome: TransactOutcome) -> WalletError | None:
+    """The error a declined TOPUP, BONUS or SPEND answers (marked replayed), or None."""
+    error: WalletError
+    if outcome.outcome == "INSUFFICIENT_FUNDS":
+        error = InsufficientFunds(
+            f"Insufficient funds: the balance is {outcome.balance_before}, the SPEND needs"
+            f" {outcome.request.amount}.",
+        )
+    elif outcome.outcome == "BALANCE_LIMIT_EXCEEDED":
+        error = BalanceLimitExceeded(
+            f"The balance {outcome.balance_before} cannot take {outcome.request.amount} more:"
+            " it would pass the largest balance a wallet can hold."
+        )
+    else:
+        return None
+    error.replayed = outcome.replayed
+    return error
