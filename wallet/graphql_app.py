@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
+from cross_web import AsyncHTTPRequestAdapter
 from cross_web import HTTPException as StrawberryHTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
@@ -12,11 +13,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLRequestData
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.types.unset import UNSET, UnsetType
 
-from wallet.errors import RouteNotFound, WalletError
+from wallet.errors import RouteNotFound, ValidationError, WalletError
 from wallet.http import JSONResponse, error_response
+from wallet.jsonbody import parse_json_object
 from wallet.resolvers.context import Context, build_context
 from wallet.resources import resources
 from wallet.schema.build import build_schema
@@ -59,6 +62,22 @@ class WalletGraphQL(GraphQL[Context, None]):
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(GRAPHIQL_PAGE)
 
+    def decode_json(self, data: str | bytes) -> object:
+        """The HTTP body (and GET's JSON parameters), read by the strict reader: invalid UTF-8,
+        duplicate keys, deep nesting and anything but an object are a ValidationError (400)."""
+        return parse_json_object(data, what="The GraphQL request")
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        parsed = await super().parse_http_body(request)
+        for item in parsed if isinstance(parsed, list) else [parsed]:
+            if not isinstance(item.operation_name, str | None):
+                raise ValidationError(
+                    "operationName must be a string or null.", field="operationName"
+                )
+        return parsed
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
@@ -70,6 +89,11 @@ class WalletGraphQL(GraphQL[Context, None]):
             response = JSONResponse(
                 {"errors": [{"message": error.reason, "extensions": {"code": code}}]},
                 status_code=error.status_code,
+            )
+        except WalletError as error:  # a body the strict reader refused, a mistyped field
+            response = JSONResponse(
+                {"errors": [{"message": error.message, "extensions": error.extensions}]},
+                status_code=error.status,
             )
         await response(scope, receive, send)
 

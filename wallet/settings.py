@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     graphql_max_depth: int = Field(default=10, ge=2)
     graphql_max_tokens: int = Field(default=2000, ge=100)
     graphql_max_aliases: int = Field(default=20, ge=1)
+    # Counted with every fragment expanded; GraphiQL's schema query selects 229 fields.
+    graphql_max_fields: int = Field(default=300, ge=10)
+    graphql_max_fragments: int = Field(default=50, ge=1)
+    graphql_max_fragment_spreads: int = Field(default=100, ge=1)
 
     @property
     def jwt_configured(self) -> bool:

@@ -1,102 +1,186 @@
-"""Assemble the schema with its protections: depth, token and alias limits, masked errors."""
+"""Assemble the schema with its protections: cost and token limits, coded and masked errors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from functools import partial
+from typing import Any, Final
 
 import structlog
-from graphql import GraphQLError
+from graphql import GraphQLError, GraphQLSyntaxError
+from graphql.validation.validate import ValidationAbortedError
 from strawberry import Schema
 from strawberry.extensions import (
-    AddValidationRules,
     DisableIntrospection,
     MaskErrors,
-    MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
     SchemaExtension,
-    ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
-from strawberry.types import ExecutionContext
+from strawberry.types import ExecutionContext, ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from wallet.errors import WalletError
 from wallet.http import map_database_error
+from wallet.schema.limits import TOO_COMPLEX, Limits, limits_rule
 from wallet.schema.scalars import SCALARS
 from wallet.schema.types import Mutation, Query, Subscription
+from wallet.schema.validation import DocumentValidator, ValidateDocuments
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.graphql")
 
+# graphql-core's suggestions (" Did you mean 'wallet'?"); names never contain "?".
+_SUGGESTION: Final = re.compile(r" Did you mean [^?]*\?")
+_EVERY_OPERATION: Final = frozenset(OperationType)
 
-def _is_unexpected(error: GraphQLError) -> bool:
-    """A resolver's failure that is not a WalletError. Errors without a path come from parsing,
-    validation or variable coercion: they describe the client's document and stay visible."""
+
+def is_unexpected(error: GraphQLError) -> bool:
+    """A failure that is not the client's: a resolver's exception that is not a WalletError, or
+    any exception that escaped parsing or validation (no node to point at). A ValueError with a
+    node and no path is a scalar refusing a client's value, in words written for clients."""
     original = error.original_error
-    return original is not None and error.path is not None and not isinstance(original, WalletError)
+    if original is None or isinstance(original, WalletError | GraphQLError):
+        return False
+    return error.path is not None or not error.nodes or not isinstance(original, ValueError)
 
 
-class MaskUnexpectedErrors(MaskErrors):
+def _masked(error: GraphQLError, request_id: str) -> GraphQLError:
     """`Unexpected error` plus the request id for clients; the details go to the log only."""
+    original = error.original_error
+    mapped = map_database_error(original) if isinstance(original, Exception) else None
+    if mapped is not None:  # transient database trouble: say so, with its stable code
+        message, extensions = mapped.message, mapped.extensions
+    else:
+        log.error("unexpected_error", request_id=request_id, exc_info=original)
+        message = f"Unexpected error (request id {request_id})."
+        extensions = {"code": "INTERNAL_ERROR", "requestId": request_id}
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        extensions=extensions,
+    )
 
-    def __init__(self) -> None:
-        super().__init__(should_mask_error=_is_unexpected)
+
+def _aborted(error: GraphQLError) -> bool:
+    """Parsing or validation stopped at one of graphql-core's own limits: tokens, nesting (of
+    selections or of fragment spreads), or the number of errors."""
+    if isinstance(error, GraphQLSyntaxError):
+        return error.message.endswith("Parsing aborted.")
+    return isinstance(error, ValidationAbortedError)
+
+
+def shape_error(error: GraphQLError, *, request_id: str, hide_suggestions: bool) -> GraphQLError:
+    """Every error leaves with a stable `extensions.code`: a resolver's WalletError keeps its
+    own; the cost rules and graphql-core's own limits say QUERY_TOO_COMPLEX; any
+    other fault in the client's document or variables is a VALIDATION_ERROR; the rest is masked
+    as INTERNAL_ERROR. With `hide_suggestions`, no "Did you mean …" survives (variable coercion
+    at execution makes them too, where Strawberry passes no such option to graphql-core)."""
+    if is_unexpected(error):
+        return _masked(error, request_id)
+    extensions = error.extensions or {}
+    message = _SUGGESTION.sub("", error.message) if hide_suggestions else error.message
+    if "code" in extensions and message == error.message:
+        return error
+    code = extensions.get("code") or (TOO_COMPLEX if _aborted(error) else "VALIDATION_ERROR")
+    # In place: the error keeps its class, which the WebSocket transport looks at (it closes
+    # the socket on a GraphQLSyntaxError), and shaping an error twice changes nothing.
+    error.message = message
+    error.extensions = {**extensions, "code": code}
+    return error
+
+
+class ShapeErrors(MaskErrors):
+    """Applies `shape_error` to every error of every operation, with the request's id."""
+
+    def __init__(self, *, hide_suggestions: bool) -> None:
+        super().__init__(should_mask_error=lambda _: True)
+        self.hide_suggestions = hide_suggestions
 
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
-        context = self.execution_context.context
-        request_id = getattr(context, "request_id", "-")
-        original = error.original_error
-        mapped = map_database_error(original) if isinstance(original, Exception) else None
-        if mapped is not None:  # transient database trouble: say so, with its stable code
-            message, extensions = mapped.message, mapped.extensions
-        else:
-            log.error("unexpected_error", request_id=request_id, exc_info=original)
-            message = f"Unexpected error (request id {request_id})."
-            extensions = {"code": "INTERNAL_ERROR", "requestId": request_id}
-        return GraphQLError(
-            message,
-            nodes=error.nodes,
-            source=error.source,
-            positions=error.positions,
-            path=error.path,
-            extensions=extensions,
-        )
+        request_id = getattr(self.execution_context.context, "request_id", "-")
+        return shape_error(error, request_id=request_id, hide_suggestions=self.hide_suggestions)
 
 
 class WalletSchema(Schema):
+    hide_suggestions: bool = False
+    validator: DocumentValidator | None = None  # set by build_schema; its counts help tests
+
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Never a subscription (they stream over WebSocket: a POST gets a 400); and errors
+        raised past the extensions (Strawberry turns them into results) are shaped too."""
+        allowed = set(allowed_operation_types or _EVERY_OPERATION) - {OperationType.SUBSCRIPTION}
+        result = await super().execute(
+            query,
+            variable_values,
+            context_value,
+            root_value,
+            operation_name,
+            allowed,
+            operation_extensions,
+        )
+        if result.errors:
+            request_id = getattr(context_value, "request_id", "-")
+            result.errors = [
+                shape_error(e, request_id=request_id, hide_suggestions=self.hide_suggestions)
+                for e in result.errors
+            ]
+        return result
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
         """Errors in a client's document are the client's business, not the log's; unexpected
-        ones were logged, with their request id, by MaskUnexpectedErrors."""
+        ones were logged, with their request id, by ShapeErrors."""
 
 
-def build_schema(settings: Settings) -> Schema:
-    # The limiters' rule classes are made once: the validation cache is keyed by them, so a
-    # fresh class per request would make every request validate its document again.
-    rules = [
-        *QueryDepthLimiter(max_depth=settings.graphql_max_depth).validation_rules,
-        *MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases).validation_rules,
-    ]
+def build_schema(settings: Settings) -> WalletSchema:
+    production = settings.env == "production"
+    # Made once: the validator remembers verdicts by rule classes, so a fresh class per
+    # request would make every request validate its document again.
+    limits = limits_rule(
+        Limits(
+            max_depth=settings.graphql_max_depth,
+            max_aliases=settings.graphql_max_aliases,
+            max_fields=settings.graphql_max_fields,
+            max_fragments=settings.graphql_max_fragments,
+            max_fragment_spreads=settings.graphql_max_fragment_spreads,
+        )
+    )
+    validator = DocumentValidator(limits, hide_suggestions=production)
     # Factories, not instances: Strawberry makes fresh extensions for every operation.
     extensions: list[Callable[[], SchemaExtension]] = [
-        partial(AddValidationRules, rules),
         partial(MaxTokensLimiter, max_token_count=settings.graphql_max_tokens),
         partial(ParserCache, maxsize=256),
-        partial(ValidationCache, maxsize=256),
-        MaskUnexpectedErrors,
+        partial(ValidateDocuments, validator),
+        partial(ShapeErrors, hide_suggestions=production),
     ]
-    if settings.env == "production":
+    if production:
         extensions.append(DisableIntrospection)
-    return WalletSchema(
+    schema = WalletSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(scalar_map=SCALARS),
     )
+    schema.hide_suggestions = production
+    schema.validator = validator
+    return schema
 
 
 if __name__ == "__main__":
