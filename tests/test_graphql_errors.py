@@ -90,6 +90,7 @@ MALFORMED: list[tuple[str, bytes]] = [
     ("operationName a list", b'{"query": "{ __typename }", "operationName": ["A"]}'),
     ("operationName unknown", b'{"query": "query A { __typename }", "operationName": "B"}'),
     ("extensions a number", b'{"query": "{ __typename }", "extensions": 5}'),
+    ("UUID of another spelling", raw('{ wallet(userId: "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}") { username } }')),  # noqa: E501
     ("UUID variable a number", raw("query W($id: UUID!) { wallet(userId: $id) { username } }", '{"id": 5}')),  # noqa: E501
     ("unknown fragment", raw("{ ...Nope }")),
     ("syntax error", raw("{ assets { slug }")),

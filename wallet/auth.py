@@ -67,6 +67,13 @@ class Principal:
             return True
         return self.user_id == user_id and tx_type == "SPEND" and user_can_spend
 
+    def shown_principal(self, recorded: str) -> str:
+        """Who made a transaction, as this caller may see it: an end user sees its own
+        `user:<id>` and `service` for anyone else (key names describe our back ends)."""
+        if self.kind != "user" or recorded == self.name:
+            return recorded
+        return "service"
+
     # The checks both surfaces make: they raise the same FORBIDDEN with the same words.
     def require(self, scope: str) -> None:
         if not self.can(scope):

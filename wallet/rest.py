@@ -123,7 +123,7 @@ async def get_transactions(request: Request) -> Response:
             "amount": item.amount,
             "direction": item.direction,
             "balanceAfter": str(item.balance_after),
-            "principal": item.principal,
+            "principal": principal(request).shown_principal(item.principal),
             "createdAt": iso(item.created_at),
         }
         for item in page.items

@@ -48,8 +48,13 @@ async def assets(ctx: Context) -> list[ledger.AssetInfo]:
 
 
 async def transaction(ctx: Context, transaction_id: uuid.UUID) -> ledger.TransactionRecord | None:
-    ctx.who().require("read")
-    return await ctx.loaders.transactions.load(transaction_id)
+    """A key needs the read scope; an end user reads the transactions of its own wallet, and
+    gets None for anyone else's, as for an unknown id: it cannot tell the two apart."""
+    who = ctx.who()
+    if who.user_id is None:
+        who.require("read")
+    found = await ctx.loaders.transactions.load(transaction_id)
+    return found if found is not None and who.may_read_wallet(found.user_id) else None
 
 
 async def ledger_page(

@@ -1,13 +1,18 @@
-"""Custom scalars. GraphQL's Int is 32-bit, so amounts travel as strings of digits."""
+"""Custom scalars. GraphQL's Int is 32-bit, so amounts travel as strings of digits; UUIDs and
+dates are read and written exactly as REST reads and writes them."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import NewType
 
 import strawberry
 from strawberry.types.scalar import ScalarDefinition
 
-from wallet.inputs import MAX_AMOUNT
+from wallet.errors import ValidationError
+from wallet.http import iso
+from wallet.inputs import MAX_AMOUNT, parse_user_id
 
 
 def _parse_amount(value: object) -> int:
@@ -32,4 +37,46 @@ AMOUNT_SCALAR = strawberry.scalar(
     parse_value=_parse_amount,
 )
 
-SCALARS: dict[object, ScalarDefinition] = {Amount: AMOUNT_SCALAR}
+
+def _parse_uuid(value: object) -> uuid.UUID:
+    """REST's rule (`parse_user_id`): the canonical 8-4-4-4-12 form only, not the braced,
+    `urn:uuid:` or unhyphenated spellings Python's UUID() also takes."""
+    try:
+        return parse_user_id(value, field="UUID")
+    except ValidationError:
+        raise ValueError(
+            "A UUID is written in its canonical 8-4-4-4-12 hexadecimal form,"
+            " e.g. a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11."
+        ) from None
+
+
+UUID_SCALAR = strawberry.scalar(
+    name="UUID",
+    description="A UUID in its canonical 8-4-4-4-12 hexadecimal form (either case on input).",
+    serialize=str,
+    parse_value=_parse_uuid,
+)
+
+
+def _parse_datetime(value: object) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise ValueError("A DateTime is an ISO 8601 date and time with a UTC offset.")
+    return parsed
+
+
+DATETIME_SCALAR = strawberry.scalar(
+    name="DateTime",
+    description="UTC, microseconds, a Z suffix (as REST writes it): 2026-11-24T06:42:06.990610Z.",
+    serialize=iso,
+    parse_value=_parse_datetime,
+)
+
+SCALARS: dict[object, ScalarDefinition] = {
+    Amount: AMOUNT_SCALAR,
+    uuid.UUID: UUID_SCALAR,
+    datetime: DATETIME_SCALAR,
+}

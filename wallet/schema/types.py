@@ -59,11 +59,18 @@ class Transaction:
     id: uuid.UUID
     type: TransactionType
     amount: Amount
-    principal: str = strawberry.field(
-        description="Who made it: an API key's name, or user:<id> for an end-user token."
-    )
     created_at: datetime
     asset_id: strawberry.Private[int]
+    recorded_principal: strawberry.Private[str]
+
+    @strawberry.field(
+        description=(
+            "Who made it: an API key's name, or user:<id> for an end-user token. An end user"
+            " sees its own user:<id>, and `service` for anyone else."
+        )
+    )
+    def principal(self, info: Ctx) -> str:
+        return info.context.who().shown_principal(self.recorded_principal)
 
     @strawberry.field
     async def asset(self, info: Ctx) -> Asset:
@@ -75,9 +82,9 @@ class Transaction:
             id=record.id,
             type=TransactionType(record.type),
             amount=Amount(record.amount),
-            principal=record.principal,
             created_at=record.created_at,
             asset_id=record.asset_id,
+            recorded_principal=record.principal,
         )
 
 
@@ -120,9 +127,9 @@ class LedgerConnection:
                         id=item.transaction_id,
                         type=TransactionType(item.type),
                         amount=Amount(item.amount),
-                        principal=item.principal,
                         created_at=item.created_at,
                         asset_id=item.asset.id,
+                        recorded_principal=item.principal,
                     ),
                     asset=Asset.of(item.asset),
                     direction=Direction(item.direction),
@@ -268,7 +275,9 @@ class Query:
     async def assets(self, info: Ctx) -> list[Asset]:
         return [Asset.of(a) for a in await resolve.assets(info.context)]
 
-    @strawberry.field
+    @strawberry.field(
+        description="Null for an unknown transaction, and for one an end user may not read."
+    )
     async def transaction(self, info: Ctx, id: uuid.UUID) -> Transaction | None:
         found = await resolve.transaction(info.context, id)
         return Transaction.of(found) if found else None
@@ -307,9 +316,9 @@ class Mutation:
                 id=outcome.transaction_id,
                 type=input.type,
                 amount=Amount(outcome.request.amount),
-                principal=info.context.who().name,
                 created_at=outcome.created_at,
                 asset_id=asset.id,
+                recorded_principal=info.context.who().name,
             ),
             balance=Balance(asset=Asset.of(asset), amount=Amount(outcome.balance_after)),
             replayed=outcome.replayed,
