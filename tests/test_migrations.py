@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 
 import asyncpg
@@ -10,12 +11,15 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from tests.conftest import create_database, drop_database
+from wallet import ledger
+from wallet.audit import CHECKS, audit
 from wallet.cli import migrate
 from wallet.db.engine import create_engine
 from wallet.db.models import Base
+from wallet.inputs import TxType
 from wallet.migrations import alembic_config
 
 
@@ -73,3 +77,103 @@ def test_models_match_the_migrated_schema(empty_database: str) -> None:
     unmodelled = {"remove_index", "add_index", "remove_constraint", "add_constraint"}
     relevant = [d for d in asyncio.run(run()) if not (isinstance(d, tuple) and d[0] in unmodelled)]
     assert relevant == []
+
+
+def test_a_database_with_traffic_upgrades_in_place_and_its_keys_still_replay(
+    empty_database: str,
+) -> None:
+    """Build the previous schema (0002), post real traffic through its own wallet_transact,
+    upgrade with `wallet migrate`, audit before and after, and replay every stored key."""
+    from wallet.migrations import upgrade
+
+    upgrade(empty_database, "0002")
+    users = [uuid.uuid4() for _ in range(4)]
+    posted: list[tuple[ledger.TransactRequest, str, tuple[object, ...]]] = []
+
+    async def traffic() -> None:
+        engine = create_engine(empty_database, pool_size=2)
+        try:
+            async with engine.begin() as conn:
+                await ledger.ensure_asset(conn, slug="gold_coins", name="Gold Coins")
+                for n, user in enumerate(users):
+                    await ledger.create_user(conn, user_id=user, username=f"u{n}")
+            for n in range(60):
+                user = users[n % len(users)]
+                kind: TxType = ("TOPUP", "SPEND", "BONUS")[n % 3]
+                request = ledger.TransactRequest(user, "gold_coins", 7 + n % 11, kind)
+                key = f"old-{n}"
+                async with engine.begin() as conn:  # the 0002 function: nine arguments
+                    row = (
+                        await conn.execute(
+                            text(
+                                "SELECT outcome, transaction_id, balance_before, balance_after,"
+                                " created_at FROM wallet_transact(:scope, :key, :fp, :user,"
+                                " 'gold_coins', :type, :amount, :txn, :principal)"
+                            ),
+                            {
+                                "scope": "shop",
+                                "key": key,
+                                "fp": request.fingerprint(),
+                                "user": user,
+                                "type": kind,
+                                "amount": request.amount,
+                                "txn": uuid.uuid4(),
+                                "principal": "shop",
+                            },
+                        )
+                    ).one()
+                posted.append((request, key, tuple(row)))
+            async with engine.connect() as conn:  # the audit's checks the old schema can answer
+                for name, sql in CHECKS:
+                    if not any(new in sql for new in ("held", "holds", "hold_id", "reverses_id")):
+                        assert list(await conn.execute(text(sql))) == [], name
+        finally:
+            await engine.dispose()
+
+    asyncio.run(traffic())
+    assert {p[2][0] for p in posted} == {"COMPLETED", "INSUFFICIENT_FUNDS"}
+    before = _ledger_state(empty_database)
+    migrate(empty_database)  # what `wallet migrate` runs
+    assert _ledger_state(empty_database) == before
+
+    async def replay() -> None:
+        engine = create_engine(empty_database, pool_size=2)
+        try:
+            async with engine.connect() as conn:
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+                report = await audit(conn)
+                assert report.ok, report.render()
+                await conn.rollback()
+            for request, key, (outcome, txn, bal_before, bal_after, created) in posted:
+                async with engine.begin() as conn:
+                    again = await ledger.transact(conn, request, key=key, principal="shop")
+                assert again.replayed
+                assert (again.outcome, again.transaction_id) == (outcome, txn)
+                assert (again.balance_before, again.balance_after) == (bal_before, bal_after)
+                if txn is not None:
+                    assert again.created_at == created
+        finally:
+            await engine.dispose()
+
+    asyncio.run(replay())
+    assert _ledger_state(empty_database) == before  # replays moved nothing
+
+
+def _ledger_state(url: str) -> tuple[object, ...]:
+    async def fetch() -> tuple[object, ...]:
+        conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            return tuple(
+                [
+                    await conn.fetchval("SELECT count(*) FROM transactions"),
+                    await conn.fetchval("SELECT count(*) FROM entries"),
+                    await conn.fetchval("SELECT count(*) FROM idempotency_keys"),
+                    tuple(
+                        await conn.fetch("SELECT id, balance, version FROM accounts ORDER BY id")
+                    ),
+                ]
+            )
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())

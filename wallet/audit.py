@@ -8,7 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 # Each check returns rows that breach an invariant, with a sentence saying which.
-_CHECKS: list[tuple[str, str]] = [
+CHECKS: list[tuple[str, str]] = [
     (
         "debits equal credits per asset",
         """SELECT slug || ': debits ' || debits || ' != credits ' || credits
@@ -166,7 +166,7 @@ class AuditReport:
                 f"{a.slug}: {a.transactions} transactions, {a.circulating} held by users, "
                 f"treasury {a.treasury}"
             )
-        for check, _ in _CHECKS:
+        for check, _ in CHECKS:
             found = self.breaches.get(check, [])
             lines.append(f"[{'FAIL' if found else ' ok '}] {check}")
             lines.extend(f"         {b}" for b in found[:20])
@@ -179,7 +179,7 @@ class AuditReport:
 async def audit(conn: AsyncConnection) -> AuditReport:
     """Run every check; run it under REPEATABLE READ so concurrent postings cannot skew it."""
     breaches: dict[str, list[str]] = {}
-    for name, sql in _CHECKS:
+    for name, sql in CHECKS:
         found = list((await conn.execute(text(sql))).scalars())
         if found:
             breaches[name] = found

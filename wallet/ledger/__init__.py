@@ -58,6 +58,7 @@ from wallet.ledger.common import (
     decode_cursor,
     encode_cursor,
     fingerprint,
+    settled,
 )
 from wallet.ledger.history import (
     EntryRecord,
@@ -160,6 +161,7 @@ __all__ = [
     "refusal",
     "reversals_by_original",
     "reverse",
+    "settled",
     "transact",
     "transaction_view",
     "transactions_by_id",

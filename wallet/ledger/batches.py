@@ -19,6 +19,7 @@ from wallet.db.models import IdempotencyKey
 from wallet.errors import (
     AssetNotFound,
     BatchFailed,
+    Declined,
     IdempotencyKeyReused,
     UserNotFound,
     WalletError,
@@ -97,11 +98,9 @@ def _result(operation: BatchOperation, raw: dict[str, Any]) -> OperationResult:
         )
     request = operation.request
     if isinstance(request, TransferRequest):
-        stored = Stored(raw["outcome"], raw["replayed"], raw["result"])
-        try:
-            return transfer_outcome(stored, request.amount)
-        except WalletError as error:
-            return error
+        return transfer_outcome(
+            Stored(raw["outcome"], raw["replayed"], raw["result"]), request.amount
+        )
     outcome = TransactOutcome(
         request=request,
         outcome=raw["outcome"],
@@ -121,8 +120,8 @@ async def batch(
     atomic: bool,
     key: str,
     principal: str,
-) -> BatchDone:
-    """Run the batch exactly once per (principal, key); an atomic failure raises BatchFailed
+) -> BatchDone | Declined:
+    """Run the batch exactly once per (principal, key); an atomic failure is BatchFailed,
     naming the first operation that failed and its code."""
     stored = await call_keyed(
         conn,
@@ -138,7 +137,7 @@ async def batch(
     )
     if stored.outcome == "BATCH_FAILED":
         index, code = stored.result["index"], stored.result["code"]
-        raise declined(
+        return declined(
             stored,
             BatchFailed(
                 f"Operation {index} failed with {code}; nothing in the batch was done.",

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal, NoReturn, cast
+from typing import Any, Final, Literal, NoReturn, TypeVar, cast
 
 import orjson
 from sqlalchemy import Row, TextClause
@@ -19,14 +19,15 @@ from wallet.db.models import Asset
 from wallet.errors import (
     AssetNotFound,
     BalanceLimitExceeded,
+    Declined,
     HoldNotFound,
     IdempotencyKeyReused,
     TransactionNotFound,
     UserNotFound,
     ValidationError,
-    WalletError,
 )
 
+T = TypeVar("T")
 Direction = Literal["DEBIT", "CREDIT"]
 Metadata = Mapping[str, str | int | bool | None]
 MAX_BIGINT: Final = 2**63 - 1
@@ -174,7 +175,16 @@ async def call_keyed(
     return Stored(row.outcome, row.replayed, row.result)
 
 
-def declined(stored: Stored, error: WalletError) -> WalletError:
-    """A stored refusal, marked as replayed when it is one."""
+def declined(stored: Stored, error: Declined) -> Declined:
+    """A stored refusal, marked as replayed when it is one. Write functions return refusals
+    rather than raise them: raising inside the caller's transaction would roll back the stored
+    answer. The boundary raises them after its commit (`settled`)."""
     error.replayed = stored.replayed
     return error
+
+
+def settled(result: T | Declined) -> T:
+    """The result of a write, or its refusal raised (call it once the transaction is over)."""
+    if isinstance(result, Declined):
+        raise result
+    return result

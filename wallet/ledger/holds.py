@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from wallet.db.models import Asset, Hold, IdempotencyKey
 from wallet.errors import (
     BalanceLimitExceeded,
+    Declined,
     HoldExpired,
     HoldNotActive,
     InsufficientFunds,
@@ -140,12 +141,12 @@ class CaptureRequest:
         return fingerprint(CAPTURE_ROUTE, fields, reference=self.reference, metadata=self.metadata)
 
 
-def _refusal(stored: Stored) -> None:
+def _refusal(stored: Stored) -> Declined | None:
     if stored.outcome == "COMPLETED":
-        return
+        return None
     result = stored.result
     if stored.outcome == "INSUFFICIENT_FUNDS":
-        raise declined(
+        return declined(
             stored,
             InsufficientFunds(
                 f"Insufficient funds: {result['available']} available, the hold needs"
@@ -154,9 +155,9 @@ def _refusal(stored: Stored) -> None:
             ),
         )
     if stored.outcome == "HOLD_EXPIRED":
-        raise declined(stored, HoldExpired(f"Hold {result['holdId']} expired."))
+        return declined(stored, HoldExpired(f"Hold {result['holdId']} expired."))
     if stored.outcome == "HOLD_NOT_ACTIVE":
-        raise declined(
+        return declined(
             stored,
             HoldNotActive(
                 f"Hold {result['holdId']} is {result['status']}, no longer HELD.",
@@ -164,7 +165,7 @@ def _refusal(stored: Stored) -> None:
             ),
         )
     if stored.outcome == "BALANCE_LIMIT_EXCEEDED":
-        raise declined(
+        return declined(
             stored,
             BalanceLimitExceeded("The recipient's balance would pass the largest it can hold."),
         )
@@ -173,7 +174,7 @@ def _refusal(stored: Stored) -> None:
 
 async def create_hold(
     conn: AsyncConnection, request: HoldRequest, *, key: str, principal: str
-) -> HoldView:
+) -> HoldView | Declined:
     stored = await call_keyed(
         conn,
         _CREATE_SQL,
@@ -193,13 +194,12 @@ async def create_hold(
         W0001=f"User {request.user_id} not found.",
         W0002=f"Asset {request.asset_slug!r} not found.",
     )
-    _refusal(stored)
-    return _view(stored.result, replayed=stored.replayed)
+    return _refusal(stored) or _view(stored.result, replayed=stored.replayed)
 
 
 async def capture_hold(
     conn: AsyncConnection, request: CaptureRequest, *, key: str, principal: str
-) -> HoldView:
+) -> HoldView | Declined:
     stored = await call_keyed(
         conn,
         _CAPTURE_SQL,
@@ -218,13 +218,12 @@ async def capture_hold(
         W0001=f"User {request.to_user_id} not found.",
         W0004=f"Hold {request.hold_id} not found.",
     )
-    _refusal(stored)
-    return _view(stored.result, replayed=stored.replayed)
+    return _refusal(stored) or _view(stored.result, replayed=stored.replayed)
 
 
 async def void_hold(
     conn: AsyncConnection, hold_id: uuid.UUID, *, key: str, principal: str
-) -> HoldView:
+) -> HoldView | Declined:
     stored = await call_keyed(
         conn,
         _VOID_SQL,
@@ -237,8 +236,7 @@ async def void_hold(
         },
         W0004=f"Hold {hold_id} not found.",
     )
-    _refusal(stored)
-    return _view(stored.result, replayed=stored.replayed)
+    return _refusal(stored) or _view(stored.result, replayed=stored.replayed)
 
 
 _HOLD_COLUMNS = (

@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from wallet.db.models import IdempotencyKey
 from wallet.errors import (
     BalanceLimitExceeded,
+    Declined,
     IdempotencyKeyReused,
     InsufficientFunds,
-    WalletError,
 )
 from wallet.inputs import TxType
 from wallet.ledger.common import Metadata, fingerprint, metadata_json, raise_for_sqlstate
@@ -126,9 +126,9 @@ async def purge_idempotency(conn: AsyncConnection, *, older_than: timedelta) -> 
     return result.rowcount
 
 
-def refusal(outcome: TransactOutcome) -> WalletError | None:
+def refusal(outcome: TransactOutcome) -> Declined | None:
     """The error a declined TOPUP, BONUS or SPEND answers (marked replayed), or None."""
-    error: WalletError
+    error: Declined
     if outcome.outcome == "INSUFFICIENT_FUNDS":
         error = InsufficientFunds(
             f"Insufficient funds: the balance is {outcome.balance_before}, the SPEND needs"

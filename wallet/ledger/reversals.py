@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from wallet.db.models import IdempotencyKey
 from wallet.errors import (
     BalanceLimitExceeded,
+    Declined,
     InsufficientFunds,
     NotReversible,
     ReversalExceedsOriginal,
@@ -59,7 +60,7 @@ class ReversalDone:
 
 async def reverse(
     conn: AsyncConnection, request: ReverseRequest, *, key: str, principal: str
-) -> ReversalDone:
+) -> ReversalDone | Declined:
     """Reverse (part of) a transaction exactly once per (principal, key)."""
     stored = await call_keyed(
         conn,
@@ -79,9 +80,9 @@ async def reverse(
     )
     result = stored.result
     if stored.outcome == "NOT_REVERSIBLE":
-        raise declined(stored, NotReversible("A REVERSAL cannot be reversed."))
+        return declined(stored, NotReversible("A REVERSAL cannot be reversed."))
     if stored.outcome == "REVERSAL_EXCEEDS_ORIGINAL":
-        raise declined(
+        return declined(
             stored,
             ReversalExceedsOriginal(
                 f"Only {result['remainingReversible']} of the transaction is still reversible.",
@@ -89,7 +90,7 @@ async def reverse(
             ),
         )
     if stored.outcome == "INSUFFICIENT_FUNDS":
-        raise declined(
+        return declined(
             stored,
             InsufficientFunds(
                 f"Insufficient funds: {result['available']} available, the reversal needs"
@@ -98,7 +99,7 @@ async def reverse(
             ),
         )
     if stored.outcome == "BALANCE_LIMIT_EXCEEDED":
-        raise declined(
+        return declined(
             stored, BalanceLimitExceeded("A balance would pass the largest it can hold.")
         )
     return ReversalDone(

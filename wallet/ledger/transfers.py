@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallet.db.models import IdempotencyKey
-from wallet.errors import BalanceLimitExceeded, InsufficientFunds
+from wallet.errors import BalanceLimitExceeded, Declined, InsufficientFunds
 from wallet.ledger.common import (
     Metadata,
     Stored,
@@ -86,10 +86,10 @@ def transfer_done(result: dict[str, Any], *, replayed: bool) -> TransferDone:
     )
 
 
-def transfer_outcome(stored: Stored, amount: int) -> TransferDone:
-    """The transfer, or the refusal the ledger stored for it (raised)."""
+def transfer_outcome(stored: Stored, amount: int) -> TransferDone | Declined:
+    """The transfer, or the refusal the ledger stored for it."""
     if stored.outcome == "INSUFFICIENT_FUNDS":
-        raise declined(
+        return declined(
             stored,
             InsufficientFunds(
                 f"Insufficient funds: {stored.result['available']} available,"
@@ -98,7 +98,7 @@ def transfer_outcome(stored: Stored, amount: int) -> TransferDone:
             ),
         )
     if stored.outcome == "BALANCE_LIMIT_EXCEEDED":
-        raise declined(
+        return declined(
             stored,
             BalanceLimitExceeded("The recipient's balance would pass the largest it can hold."),
         )
@@ -107,7 +107,7 @@ def transfer_outcome(stored: Stored, amount: int) -> TransferDone:
 
 async def transfer(
     conn: AsyncConnection, request: TransferRequest, *, key: str, principal: str
-) -> TransferDone:
+) -> TransferDone | Declined:
     """Move coins between two users exactly once per (principal, key)."""
     stored = await call_keyed(
         conn,
