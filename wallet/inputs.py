@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime
 from typing import Literal, cast, get_args
+
+import orjson
 
 from wallet.errors import ValidationError
 
@@ -91,3 +94,148 @@ def parse_username(value: object, *, field: str = "username") -> str:
             field=field,
         )
     return value
+
+
+# --- Ledger v2: references, metadata, reasons, assets, instants
+
+TransactionType = Literal["TOPUP", "SPEND", "BONUS", "TRANSFER", "REVERSAL"]
+TRANSACTION_TYPES: tuple[str, ...] = get_args(TransactionType)
+MAX_JSON_INT = 2**53 - 1
+_REFERENCE = re.compile(r"[\x20-\x7e]{1,128}")
+_METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_ASSET_SLUG = re.compile(r"[a-z][a-z0-9_]{0,63}")
+MAX_METADATA_BYTES = 4096
+MAX_METADATA_KEYS = 32
+
+
+def parse_reference(value: object, *, field: str = "reference") -> str | None:
+    """The caller's own id for a transaction (an order id): 1-128 printable ASCII characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _REFERENCE.fullmatch(value):
+        raise ValidationError(f"{field} must be 1 to 128 printable ASCII characters.", field=field)
+    return value
+
+
+def parse_metadata(value: object, *, field: str = "metadata") -> dict[str, str | int | bool | None]:
+    """A flat JSON object: at most 32 keys of [A-Za-z0-9_.-]{1,64}; values strings (at most 512
+    characters), integers within +-(2^53 - 1), booleans or null; at most 4 KiB serialised."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError(f"{field} must be a JSON object.", field=field)
+    if len(value) > MAX_METADATA_KEYS:
+        raise ValidationError(f"{field} may have at most {MAX_METADATA_KEYS} keys.", field=field)
+    for key, item in value.items():
+        if not isinstance(key, str) or not _METADATA_KEY.fullmatch(key):
+            raise ValidationError(
+                f"{field} keys must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '.' or '-'.",
+                field=field,
+            )
+        if isinstance(item, str):
+            if len(item) > 512 or not _is_storable(item):
+                raise ValidationError(
+                    f"{field}.{key} must be a string of at most 512 characters.", field=field
+                )
+        elif isinstance(item, bool) or item is None:
+            pass
+        elif isinstance(item, int):
+            if abs(item) > MAX_JSON_INT:
+                raise ValidationError(
+                    f"{field}.{key} must be an integer within +-{MAX_JSON_INT}.", field=field
+                )
+        else:
+            raise ValidationError(
+                f"{field}.{key} must be a string, an integer, a boolean or null.", field=field
+            )
+    if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+        raise ValidationError(f"{field} must be at most 4 KiB serialised.", field=field)
+    return dict(value)
+
+
+def parse_reason(value: object, *, field: str = "reason") -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= 256 or not _is_storable(value):
+        raise ValidationError(f"{field} must be a string of 1 to 256 characters.", field=field)
+    return value
+
+
+def parse_uuid(value: object, *, field: str) -> uuid.UUID:
+    """Any id the service issued (transactions, holds): a canonical UUID."""
+    return parse_user_id(value, field=field)
+
+
+def parse_optional_amount(value: object, *, field: str = "amount") -> int | None:
+    return None if value is None else parse_amount(value, field=field)
+
+
+def parse_int_range(value: object, *, field: str, low: int, high: int) -> int:
+    """A JSON integer (not a boolean, not a string) from `low` to `high`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationError(f"{field} must be an integer from {low} to {high}.", field=field)
+    return value
+
+
+def parse_new_asset_slug(value: object, *, field: str = "slug") -> str:
+    if not isinstance(value, str) or not _ASSET_SLUG.fullmatch(value):
+        raise ValidationError(
+            f"{field} must match ^[a-z][a-z0-9_]{{0,63}}$ (a lowercase letter, then up to 63"
+            " lowercase letters, digits or '_').",
+            field=field,
+        )
+    return value
+
+
+def parse_asset_name(value: object, *, field: str = "name") -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 100 or not _is_storable(value):
+        raise ValidationError(f"{field} must be a string of 1 to 100 characters.", field=field)
+    return value
+
+
+def parse_transaction_type(value: object, *, field: str = "type") -> TransactionType:
+    if not isinstance(value, str) or value not in TRANSACTION_TYPES:
+        raise ValidationError(
+            f"{field} must be one of {', '.join(TRANSACTION_TYPES)}.", field=field
+        )
+    return cast(TransactionType, value)
+
+
+def parse_instant(value: object, *, field: str, not_future: bool = False) -> datetime:
+    """An RFC 3339 timestamp with a time zone (`Z` or an offset)."""
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValidationError(
+            f"{field} must be an RFC 3339 timestamp, e.g. 2026-11-27T12:00:00Z.", field=field
+        )
+    try:
+        moment = datetime.fromisoformat(value.replace("z", "Z").replace("t", "T"))
+    except ValueError:
+        raise ValidationError(f"{field} is not a valid date and time.", field=field) from None
+    if not_future and moment > datetime.now(UTC):
+        raise ValidationError(f"{field} must not be in the future.", field=field)
+    return moment
+
+
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def parse_metadata_filters(
+    pairs: list[tuple[str, str]], *, prefix: str = "metadata."
+) -> dict[str, str]:
+    """`metadata.<key>=<value>` query parameters: each key once, values matched as text."""
+    found: dict[str, str] = {}
+    for name, value in pairs:
+        if not name.startswith(prefix):
+            continue
+        key = name[len(prefix) :]
+        field = f"{prefix}{key}"[:80]
+        if not _METADATA_KEY.fullmatch(key):
+            raise ValidationError(f"{field} names no valid metadata key.", field=field)
+        if key in found:
+            raise ValidationError(f"{field} is given twice.", field=field)
+        if len(value) > 512 or not _is_storable(value):
+            raise ValidationError(f"{field} must be at most 512 characters.", field=field)
+        found[key] = value
+    return found
