@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import Factory, in_process_resources
 from tests.graphql_client import gql, transact
+from wallet.auth import ANONYMOUS
 from wallet.resolvers.context import build_context
 from wallet.schema.build import build_schema
 from wallet.seed import ALICE
@@ -249,7 +250,9 @@ async def _statements(engine: AsyncEngine, query: str, variables: dict[str, Any]
     event.listen(engine.sync_engine, "before_cursor_execute", tally)
     try:
         result = await build_schema(settings).execute(
-            query, variable_values=variables, context_value=build_context(resources)
+            query,
+            variable_values=variables,
+            context_value=build_context(resources, principal=ANONYMOUS),
         )
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", tally)
@@ -345,7 +348,7 @@ async def test_unexpected_errors_are_masked(
     monkeypatch.setattr(resolvers, "assets", broken)
     settings = Settings(database_url="postgresql://unused")
     resources = in_process_resources(settings, engine)
-    context = build_context(resources, request_id="req-123")
+    context = build_context(resources, principal=ANONYMOUS, request_id="req-123")
     result = await build_schema(settings).execute("{ assets { slug } }", context_value=context)
     assert result.errors is not None
     error = result.errors[0]

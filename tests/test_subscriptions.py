@@ -122,14 +122,7 @@ async def test_a_lost_listener_connection_resyncs_without_losing_changes(
     user = await factory.user(gold=50)
     async with subscribe(base_url, BALANCE_CHANGED, {"id": str(user)}) as sub:
         await go_live(sub, other_server, user)
-        async with engine.begin() as conn:
-            killed = await conn.scalar(
-                text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE application_name = 'wallet-feed' AND datname = current_database()"
-                )
-            )
-        assert killed
+        assert await drop_feed_listeners(engine)
         # Posted while the listeners may be away: its notification can be lost...
         assert (await post(other_server, user, 9, "SPEND")).status_code == 200
         final = await factory.balance(user)
@@ -137,6 +130,57 @@ async def test_a_lost_listener_connection_resyncs_without_losing_changes(
         received = int((await sub.next(wait=20))["data"]["balanceChanged"]["amount"])
         assert received == final
         assert await sub.nothing_within(1.0)
+
+
+async def test_every_change_reaches_a_subscriber_once_in_order_across_listener_restarts(
+    base_url: str, factory: Factory, engine: AsyncEngine
+) -> None:
+    """Subscribe, then post three TOPUPs at once, 50 times, while the feed's listener (re)starts:
+    postings that looked for a listener before it registered commit without notifying, those
+    after it notify, and the listener re-reads on start, while they commit. A re-read of the
+    latest balance alone pushed [53, 62] for [53, 57, 62]. A fourth TOPUP, afterwards, shows
+    nothing came twice or out of order before it."""
+    for run in range(50):
+        user = await factory.user(gold=50)
+        async with subscribe(base_url, BALANCE_CHANGED, {"id": str(user)}) as sub:
+            await go_live(sub, base_url, user)
+            start = await factory.balance(user)
+            async with engine.begin() as conn:  # postings see no listener until one registers
+                await conn.execute(text("DELETE FROM feed_listeners"))
+
+            async def restart_listeners(delay: float) -> None:
+                await asyncio.sleep(delay)
+                assert await drop_feed_listeners(engine)
+
+            restart = asyncio.create_task(restart_listeners(run % 5 * 0.004))
+            posted = await asyncio.gather(*(post(base_url, user, n, "TOPUP") for n in (3, 4, 5)))
+            await restart
+            assert [r.status_code for r in posted] == [200, 200, 200]
+            assert (await post(base_url, user, 1, "TOPUP")).status_code == 200
+            async with engine.connect() as conn:
+                page = await ledger.history(conn, user, limit=20)
+            expected = sorted(i.balance_after for i in page.items if i.balance_after > start)
+            assert len(expected) == 4
+            received = []
+            for _ in expected:
+                try:
+                    payload = await sub.next(wait=5)
+                except TimeoutError:
+                    break
+                received.append(int(payload["data"]["balanceChanged"]["amount"]))
+            assert received == expected, f"run {run}: pushed {received}, committed {expected}"
+
+
+async def drop_feed_listeners(engine: AsyncEngine) -> int:
+    """Terminate every server's listening connection on the test database; how many there were."""
+    async with engine.begin() as conn:
+        killed = await conn.scalar(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'wallet-feed' AND datname = current_database()"
+            )
+        )
+    return int(killed or 0)
 
 
 async def test_unknown_asset_filter_is_an_error(base_url: str, factory: Factory) -> None:

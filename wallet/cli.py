@@ -115,6 +115,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             workers=args.workers,
             loop="uvloop",
             http=JSONHttpToolsProtocol,
+            ws="wallet.graphql_ws:WalletWebSocketProtocol",  # malformed frames close 4400
             access_log=False,
             timeout_graceful_shutdown=30,
             log_level=settings.log_level.lower(),

@@ -7,6 +7,10 @@ listening connection, outside the pool, opened on the first subscription, and re
 cluster-wide, so nobody pays for it unless somebody listens). If the connection drops, it
 reconnects and tells every subscriber to resynchronise from the database, since notifications
 sent while it was away are gone.
+
+A resync (and a notification whose version skips one) makes a subscriber read the entries it
+missed, each with its account's balance and version after it, and push every one in order: it
+never jumps to the latest balance, so no change is lost between two it saw.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class BalanceEvent:
 
 
 class Resync:
-    """Sent to subscribers after the listening connection was lost: re-read the balances."""
+    """Sent to subscribers after the listener (re)started: read the entries they may have missed."""
 
 
 RESYNC: Final = Resync()
@@ -137,11 +141,10 @@ class BalanceFeed:
                 self._listening.set()
                 delay = 0.1
                 if reconnecting:
-                    self._resync_all()
-                else:
-                    # A posting that looked for listeners just before the row above committed
-                    # may commit without notifying: re-read once it surely has committed.
-                    asyncio.get_running_loop().call_later(RESYNC_AFTER_START_S, self._resync_all)
+                    self._resync_all()  # what was posted while the connection was away
+                # A posting that looked for listeners just before the row above committed may
+                # commit without notifying, after any read made now: re-read once it surely has.
+                asyncio.get_running_loop().call_later(RESYNC_AFTER_START_S, self._resync_all)
                 log.info("feed_listening", reconnected=reconnecting)
                 await self._until_lost(conn, lost)
                 log.warning("feed_connection_lost")

@@ -14,10 +14,15 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLRequestData
-from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
 from wallet.errors import RouteNotFound, ValidationError, WalletError
+from wallet.graphql_ws import (
+    WalletTransportWSHandler,
+    WalletWebSocketAdapter,
+    authenticate_connection_init,
+)
 from wallet.http import JSONResponse, error_response
 from wallet.jsonbody import parse_json_object
 from wallet.resolvers.context import Context, build_context
@@ -39,23 +44,26 @@ _HTTP_CODES: Final = {400: "VALIDATION_ERROR", 404: "NOT_FOUND", 405: "METHOD_NO
 
 
 class WalletGraphQL(GraphQL[Context, None]):
-    """Strawberry's ASGI view with our context, our GraphiQL page and JSON-only errors."""
+    """Strawberry's ASGI view with our context, our GraphiQL page and JSON-only errors; its
+    WebSockets check every frame and operation as HTTP checks a request (see graphql_ws)."""
+
+    websocket_adapter_class = WalletWebSocketAdapter
+    graphql_transport_ws_handler_class = WalletTransportWSHandler
 
     async def get_context(self, request: Request | WebSocket, response: object) -> Context:
         state = request.scope.get("state", {})
-        return build_context(resources(request), state.get("principal"), state.get("request_id"))
+        context = build_context(
+            resources(request),
+            principal=state.get("principal"),  # None (refused) if nobody authenticated
+            request_id=state.get("request_id"),
+        )
+        if isinstance(request, WebSocket):
+            context.credential = request.headers.get("authorization")
+        return context
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         """A browser's WebSocket carries its credentials in connection_init, not in headers."""
-        if context.principal is None:
-            params = context.connection_params or {}
-            header = params.get("Authorization") or params.get("authorization")
-            try:
-                context.principal = await context.resources.auth.authenticate(
-                    header if isinstance(header, str) else None
-                )
-            except WalletError:
-                raise ConnectionRejectionError({"code": "UNAUTHENTICATED"}) from None
+        await authenticate_connection_init(context)
         unset: UnsetType = UNSET
         return unset
 
@@ -111,8 +119,8 @@ def graphql_routes(settings: Settings) -> list[Route | WebSocketRoute]:
         build_schema(settings),
         graphql_ide="graphiql" if settings.graphiql_enabled else None,
         allow_queries_via_get=False,  # a GET cannot carry a mutation past CSRF defences
-        keep_alive=True,
-        keep_alive_interval=15,
+        # graphql-transport-ws only: the legacy graphql-ws handler would skip graphql_ws's checks
+        subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
         allowed_origins=settings.cors_origin_list,
     )
     routes: list[Route | WebSocketRoute] = [

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from strawberry.dataloader import DataLoader
 
 from wallet import ledger
-from wallet.auth import ANONYMOUS, Principal
+from wallet.auth import Principal
 from wallet.errors import Unauthenticated
 from wallet.resources import Resources, read
 
@@ -40,23 +41,43 @@ class Loaders:
     transactions: DataLoader[uuid.UUID, ledger.TransactionRecord | None]
 
 
+Guard = Callable[[Principal], None]  # raises Forbidden when the principal may not go on
+
+
 @dataclass
 class Context:
     resources: Resources
     loaders: Loaders
-    principal: Principal | None  # None: a WebSocket that has not sent connection_init yet
+    principal: Principal | None  # None: not authenticated (a WebSocket before connection_init)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     connection_params: dict[str, object] | None = None  # graphql-transport-ws connection_init
+    # A WebSocket's credential (its upgrade's Authorization header, or connection_init's),
+    # authenticated again for every operation and periodically while the socket is open.
+    credential: str | None = None
+    guards: list[Guard] = field(default_factory=list)
 
     def who(self) -> Principal:
         if self.principal is None:
             raise Unauthenticated("Credentials are required.")
         return self.principal
 
+    @contextmanager
+    def guarded(self, guard: Guard) -> Iterator[None]:
+        """Check `guard` now, and keep it while the block runs: a WebSocket checks it again
+        whenever it re-authenticates, and closes (4403) when the principal may no longer go on."""
+        guard(self.who())
+        self.guards.append(guard)
+        try:
+            yield
+        finally:
+            self.guards.remove(guard)
+
 
 def build_context(
-    resources: Resources, principal: Principal | None = ANONYMOUS, request_id: str | None = None
+    resources: Resources, *, principal: Principal | None, request_id: str | None = None
 ) -> Context:
+    """A context for one request or socket. The principal is whatever authentication found;
+    there is no default, and None (nobody authenticated) refuses every operation."""
     loaders = Loaders(
         users=_loader(resources, ledger.users_by_id),
         balances=_loader(resources, ledger.balances_by_user),

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from wallet import ledger
 from wallet.errors import AssetNotFound, ValidationError
-from wallet.feed import Resync
+from wallet.feed import BalanceEvent
 from wallet.inputs import (
     TxType,
     parse_amount,
@@ -18,6 +18,7 @@ from wallet.resolvers.context import Context
 from wallet.resources import read, with_connection
 
 MAX_PAGE = 100
+PAGE = 500  # missed balance changes read at a time
 
 
 async def user(ctx: Context, user_id: uuid.UUID) -> ledger.UserRecord | None:
@@ -107,36 +108,45 @@ async def transact(
 async def balance_changes(
     ctx: Context, user_id: uuid.UUID, asset_slug: str | None
 ) -> AsyncIterator[ledger.Balance]:
-    """Every committed change of the user's balances (optionally one asset), in order.
+    """Every change of the user's balances (optionally one asset) committed after the feed
+    listens for this subscriber, each pushed once, in version order.
 
-    Only changes committed after the queue is registered reach it, so each is pushed; versions
-    drop duplicates. After the feed lost its connection, the balances are re-read and any newer
-    than what the subscriber has seen is pushed, so a connected subscriber misses nothing.
+    The versions read once the feed listens are the start. A notification one version past
+    what was pushed is pushed as it is; a resync (the listener restarted) or a notification
+    that skips versions reads the missed changes from the entries and pushes each of them;
+    anything older is a duplicate and dropped. The principal must stay allowed to read the
+    wallet for as long as the subscription runs (see `Context.guarded`).
     """
-    ctx.who().require_wallet_reader(user_id)
-    if asset_slug is not None and await asset_by_slug(ctx, asset_slug) is None:
-        raise AssetNotFound(f"Asset {asset_slug!r} not found.")
-    async with ctx.resources.feed.subscribe(user_id) as queue:
-        seen = {b.asset.slug: b.version for b in await _fresh_balances(ctx, user_id)}
-        pushed: dict[str, int] = {}
-        while True:
-            item = await queue.get()
-            if isinstance(item, Resync):
-                for fresh in await _fresh_balances(ctx, user_id):
-                    slug = fresh.asset.slug
-                    if fresh.version > max(seen.get(slug, 0), pushed.get(slug, 0)):
-                        seen[slug] = pushed[slug] = fresh.version
-                        if asset_slug in (None, slug):
-                            yield fresh
-                continue
-            if item.version <= pushed.get(item.asset_slug, 0):
-                continue
-            pushed[item.asset_slug] = item.version
-            info = await asset_by_slug(ctx, item.asset_slug)
-            if info is not None and asset_slug in (None, item.asset_slug):
-                yield ledger.Balance(
-                    account_id=0, asset=info, amount=item.amount, version=item.version
-                )
+    with ctx.guarded(lambda who: who.require_wallet_reader(user_id)):
+        if asset_slug is not None and await asset_by_slug(ctx, asset_slug) is None:
+            raise AssetNotFound(f"Asset {asset_slug!r} not found.")
+        async with ctx.resources.feed.subscribe(user_id) as queue:
+            pushed = {b.account_id: b.version for b in await _fresh_balances(ctx, user_id)}
+            while True:
+                item = await queue.get()
+                if isinstance(item, BalanceEvent):
+                    if asset_slug not in (None, item.asset_slug):
+                        continue
+                    last = pushed.get(item.account_id, 0)
+                    if item.version <= last:
+                        continue
+                    info = await asset_by_slug(ctx, item.asset_slug)
+                    if item.version == last + 1 and info is not None:
+                        pushed[item.account_id] = item.version
+                        yield ledger.Balance(item.account_id, info, item.amount, item.version)
+                        continue
+                while True:  # a resync or a gap: every change since what was pushed
+                    missed = await read(
+                        ctx.resources,
+                        lambda conn: ledger.balance_changes_after(
+                            conn, user_id, after=dict(pushed), asset_slug=asset_slug, limit=PAGE
+                        ),
+                    )
+                    for change in missed:
+                        pushed[change.account_id] = change.version
+                        yield change
+                    if len(missed) < PAGE:
+                        break
 
 
 async def _fresh_balances(ctx: Context, user_id: uuid.UUID) -> list[ledger.Balance]:
