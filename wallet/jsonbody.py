@@ -6,6 +6,7 @@ than ours, reading the last), nesting past `MAX_DEPTH`, and numbers no client ca
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Final
 
 from wallet.errors import ValidationError
@@ -33,6 +34,12 @@ class DuplicateKey(ValueError):
 
 def _parse_int(text: str) -> int | NotANumber:
     return int(text) if len(text) <= MAX_INT_DIGITS else NotANumber(text)
+
+
+def _parse_float(text: str) -> float | NotANumber:
+    """`1e400` is no number a client can mean exactly (it would read as infinity)."""
+    value = float(text)
+    return value if math.isfinite(value) else NotANumber(text)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -74,6 +81,7 @@ def parse_json(raw: bytes | str, *, what: str = "The request body") -> Any:
             text,
             parse_constant=NotANumber,
             parse_int=_parse_int,
+            parse_float=_parse_float,
             object_pairs_hook=_no_duplicates,
         )
     except DuplicateKey as duplicate:

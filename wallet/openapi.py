@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from wallet.http import JSONResponse
 from wallet.inputs import MAX_AMOUNT, TX_TYPES
+from wallet.seed import ALICE, BOB
 
 _UUID: Final = {"type": "string", "format": "uuid"}
 _DIGITS: Final = {"type": "string", "pattern": "^[0-9]+$"}
@@ -62,7 +63,9 @@ def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
-_USER_PATH: Final = {"name": "userId", "in": "path", "required": True, "schema": _UUID}
+# The seeded users as examples, so that fuzzing reaches the success answers too.
+_USER_ID: Final = {**_UUID, "examples": [str(ALICE), str(BOB)]}
+_USER_PATH: Final = {"name": "userId", "in": "path", "required": True, "schema": _USER_ID}
 _BALANCE: Final = {
     "type": "object",
     "properties": {
@@ -76,7 +79,7 @@ _TRANSACT_BODY: Final = {
     "type": "object",
     "required": ["userId", "amount", "assetSlug", "type"],
     "properties": {
-        "userId": _UUID,
+        "userId": _USER_ID,
         "amount": {
             "oneOf": [
                 {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT},
