@@ -424,6 +424,17 @@ async def test_malformed_frames_close_4400_without_a_traceback(
                         await socket.init()
                     await raw.send(frame, text="(text frame)" in name or isinstance(frame, str))
                     outcomes[f"{name}, initialised={initialised}"] = await socket.closed_with()
+        async with websockets.connect(url, subprotocols=PROTOCOLS) as raw:
+            socket = Socket(raw)  # a well-formed message, but no such operation in the document
+            await socket.init()
+            await socket.send(
+                {
+                    "id": "1",
+                    "type": "subscribe",
+                    "payload": {"query": ASSETS, "operationName": "Nope"},
+                }
+            )
+            outcomes["an operationName the document lacks"] = await socket.closed_with()
         async with websockets.connect(url, subprotocols=PROTOCOLS) as raw:  # still serving
             socket = Socket(raw)
             await socket.send({"type": "connection_init", "payload": None})  # null is allowed

@@ -19,6 +19,7 @@ from strawberry.extensions import (
     SchemaExtension,
 )
 from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.exceptions import CannotGetOperationTypeError
 from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
@@ -40,9 +41,13 @@ _EVERY_OPERATION: Final = frozenset(OperationType)
 def is_unexpected(error: GraphQLError) -> bool:
     """A failure that is not the client's: a resolver's exception that is not a WalletError, or
     any exception that escaped parsing or validation (no node to point at). A ValueError with a
-    node and no path is a scalar refusing a client's value, in words written for clients."""
+    node and no path is a scalar refusing a client's value, in words written for clients. An
+    operationName the document lacks is the client's too (over WebSocket, Strawberry closes
+    the socket with 4400 when it sees that error)."""
     original = error.original_error
-    if original is None or isinstance(original, WalletError | GraphQLError):
+    if original is None or isinstance(
+        original, WalletError | GraphQLError | CannotGetOperationTypeError
+    ):
         return False
     return error.path is not None or not error.nodes or not isinstance(original, ValueError)
 
