@@ -123,10 +123,12 @@ def free_port() -> int:
 
 
 def start_server(
-    database_url: str, *, workers: int = 1, **env: str
+    database_url: str, *, workers: int = 1, log: Path | None = None, **env: str
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`wallet serve` in a child process; returns it and its base URL once it answers."""
+    """`wallet serve` in a child process; returns it and its base URL once it answers.
+    With `log`, its output (stdout and stderr) goes to that file, for a test to read."""
     port = free_port()
+    output = log.open("ab") if log is not None else None
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -140,7 +142,11 @@ def start_server(
         ],
         env={**os.environ, "DATABASE_URL": database_url, "WALLET_ENV": "test", **env},
         cwd=ROOT,
+        stdout=output,
+        stderr=subprocess.STDOUT if output is not None else None,
     )
+    if output is not None:
+        output.close()  # the child holds its own descriptor
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

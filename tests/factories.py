@@ -29,6 +29,7 @@ class Factory:
                         conn,
                         ledger.TransactRequest(user_id, slug, amount, "TOPUP"),
                         key=f"factory:{user_id}:{slug}",
+                        principal="",
                     )
         return user_id
 
@@ -37,7 +38,10 @@ class Factory:
     ) -> ledger.TransactOutcome:
         async with self.engine.begin() as conn:
             return await ledger.transact(
-                conn, ledger.TransactRequest(user_id, slug, amount, kind), key=str(uuid.uuid4())
+                conn,
+                ledger.TransactRequest(user_id, slug, amount, kind),
+                key=str(uuid.uuid4()),
+                principal="",
             )
 
     async def balance(self, user_id: uuid.UUID, slug: str = "gold_coins") -> int:

@@ -20,14 +20,23 @@ import jwt
 import pytest
 import websockets
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection
+from starlette.types import Receive, Scope, Send
 
 from tests.conftest import ROOT, create_database, drop_database, free_port, start_server
+from tests.factories import Factory, in_process_resources
 from tests.graphql_client import PROTOCOLS
-from wallet import auth
+from wallet import auth, rest
+from wallet.auth import RateLimiter
 from wallet.cli import _run, migrate
 from wallet.db.engine import create_engine
+from wallet.errors import RateLimited
+from wallet.resources import MissingPrincipal, principal, with_connection
 from wallet.seed import ALICE, BOB, seed
+from wallet.settings import Settings
 
 SECRET = "test-jwt-secret-0123456789-abcdefghij"
 T = TypeVar("T")
@@ -541,3 +550,117 @@ def test_open_mode_refuses_to_leave_loopback(database_url: str) -> None:
         proc.terminate()
         output, _ = proc.communicate(timeout=30)
     assert "NO AUTHENTICATION" in output
+
+
+# --------------------------------------------------------------------------------------------
+# Fail closed: a route that never met AuthMiddleware has no principal, not every scope
+# --------------------------------------------------------------------------------------------
+
+
+def test_principal_of_a_bare_connection_is_an_error() -> None:
+    bare = HTTPConnection({"type": "http", "path": "/api/wallet/transact", "headers": []})
+    with pytest.raises(MissingPrincipal):
+        principal(bare)
+    pending = HTTPConnection(
+        {"type": "websocket", "path": "/graphql", "headers": [], "state": {"principal": None}}
+    )
+    with pytest.raises(MissingPrincipal):
+        principal(pending)
+
+
+async def test_routes_mounted_without_the_auth_middleware_fail_closed(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    user = await factory.user(gold=5)
+    res = in_process_resources(Settings(), engine)
+    routes = Starlette(routes=rest.routes)
+
+    async def without_auth(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["state"] = {"resources": res}  # what the lifespan gives, and nothing else
+        await routes(scope, receive, send)
+
+    transport = httpx.ASGITransport(app=without_auth)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        with pytest.raises(MissingPrincipal):
+            await client.post(
+                "/api/wallet/transact",
+                json={"userId": str(user), "amount": 7, "assetSlug": "gold_coins", "type": "TOPUP"},
+                headers={"Idempotency-Key": str(uuid.uuid4())},
+            )
+        with pytest.raises(MissingPrincipal):
+            await client.get(f"/api/wallet/balance/{user}")
+    assert await factory.balance(user) == 5
+
+
+# --------------------------------------------------------------------------------------------
+# Retries only for what may run twice; concurrent key creation; bounded rate-limit memory
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("retry", [False, True])
+async def test_a_dropped_connection_is_retried_only_when_asked(
+    engine: AsyncEngine, retry: bool
+) -> None:
+    runs = 0
+
+    async def work(conn: AsyncConnection) -> int:
+        nonlocal runs
+        runs += 1
+        if runs == 1:  # the database drops this connection under our feet
+            await conn.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+        return 1
+
+    if retry:
+        assert await with_connection(engine, work, retry=True) == 1
+        assert runs == 2
+    else:
+        with pytest.raises(DBAPIError) as dropped:
+            await with_connection(engine, work)
+        assert dropped.value.connection_invalidated
+        assert runs == 1  # a create or revoke that did commit is not run again into a 409/404
+
+
+async def test_concurrent_creates_of_one_key_name_give_one_key_and_clean_refusals(
+    secured: Secured,
+) -> None:
+    admin = {"Authorization": secured.credentials["admin key"] or ""}
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    limits = httpx.Limits(max_connections=20)
+    async with httpx.AsyncClient(base_url=secured.base, timeout=30, limits=limits) as client:
+        answers = await asyncio.gather(
+            *(
+                client.post(
+                    "/api/admin/keys", json={"name": name, "scopes": ["read"]}, headers=admin
+                )
+                for _ in range(20)
+            )
+        )
+    codes = sorted(answer.status_code for answer in answers)
+    assert codes == [201] + [400] * 19, codes
+    for answer in answers:
+        if answer.status_code == 400:
+            body = answer.json()
+            assert body["code"] == "VALIDATION_ERROR"
+            assert body["message"] == f"A key named {name!r} exists already."
+
+
+def test_rate_limiter_drops_buckets_that_are_full_again() -> None:
+    limiter = RateLimiter(1000, 5)  # refills from empty in 5 ms
+    for n in range(5000):
+        limiter.check(f"user:{n}")
+    assert len(limiter) <= 5000
+    time.sleep(0.02)
+    limiter.check("user:late")
+    assert len(limiter) == 1  # every other bucket was full again, so gone
+
+
+def test_rate_limiter_memory_is_capped_and_limits_still_hold() -> None:
+    limiter = RateLimiter(0.001, 1, max_buckets=1000)  # nothing refills during the test
+    for n in range(20_000):
+        limiter.check(f"user:{n}")
+        assert len(limiter) <= 1000
+    limiter.check("hot")
+    with pytest.raises(RateLimited):
+        limiter.check("hot")  # the most recent principals keep their buckets
+    with pytest.raises(RateLimited):
+        limiter.check("user:19999")

@@ -19,7 +19,7 @@ async def post(
 ) -> ledger.TransactOutcome:
     async with engine.begin() as conn:
         return await ledger.transact(
-            conn, ledger.TransactRequest(user, "gold_coins", amount, kind), key=key
+            conn, ledger.TransactRequest(user, "gold_coins", amount, kind), key=key, principal=""
         )
 
 

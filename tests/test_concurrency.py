@@ -63,6 +63,7 @@ async def test_concurrent_spends_on_parallel_database_connections(
                     conn,
                     ledger.TransactRequest(user, "gold_coins", 3, "SPEND"),
                     key=str(uuid.uuid4()),
+                    principal="",
                 )
                 return outcome.outcome
 
@@ -178,6 +179,7 @@ async def test_postings_proceed_while_another_posting_holds_its_locks(
                 holder,
                 ledger.TransactRequest(holder_user, "gold_coins", 5, "TOPUP"),
                 key=str(uuid.uuid4()),
+                principal="",
             )
             done = 0
             async with engine.connect() as other:
@@ -188,6 +190,7 @@ async def test_postings_proceed_while_another_posting_holds_its_locks(
                                 other,
                                 ledger.TransactRequest(user, "gold_coins", 5, "TOPUP"),
                                 key=str(uuid.uuid4()),
+                                principal="",
                             )
                         done += 1
                     except DBAPIError as error:  # the 1-in-32 that drew the held shard

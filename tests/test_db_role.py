@@ -55,7 +55,10 @@ async def test_service_role_can_post(service: AsyncEngine, factory: Factory) -> 
     user = await factory.user(gold=10)
     async with service.begin() as conn:
         outcome = await ledger.transact(
-            conn, ledger.TransactRequest(user, "gold_coins", 4, "SPEND"), key=str(uuid.uuid4())
+            conn,
+            ledger.TransactRequest(user, "gold_coins", 4, "SPEND"),
+            key=str(uuid.uuid4()),
+            principal="",
         )
         await ledger.create_user(conn, username=f"svc-{uuid.uuid4().hex[:8]}")
     assert outcome.outcome == "COMPLETED"

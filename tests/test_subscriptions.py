@@ -207,7 +207,7 @@ async def test_postings_notify_only_while_a_listener_is_registered(server_url: s
             async def topup() -> None:
                 async with engine.begin() as conn:
                     request = ledger.TransactRequest(user, "gold_coins", 5, "TOPUP")
-                    await ledger.transact(conn, request, key=str(uuid.uuid4()))
+                    await ledger.transact(conn, request, key=str(uuid.uuid4()), principal="")
 
             await topup()
             with pytest.raises(TimeoutError):

@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from wallet import rest
-from wallet.auth import Authenticator, AuthMiddleware, RateLimiter
+from wallet.auth import Authenticator, AuthMiddleware, BrowserGuardMiddleware, RateLimiter
 from wallet.db.engine import create_engine
 from wallet.errors import WalletError
 from wallet.feed import BalanceFeed
@@ -51,6 +51,9 @@ def create_app(settings: Settings) -> Starlette:
         )
         feed = BalanceFeed(database_url)
         autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Single-statement reads; it hears key changes on a connection of its own.
+        auth = Authenticator(settings, autocommit, listen_url=database_url)
+        auth.start()
         try:
             yield {
                 "resources": Resources(
@@ -58,13 +61,14 @@ def create_app(settings: Settings) -> Starlette:
                     engine=engine,
                     autocommit=autocommit,
                     feed=feed,
-                    auth=Authenticator(settings, autocommit),  # single-statement reads
+                    auth=auth,
                     rate_limiter=RateLimiter(
                         settings.rate_limit_per_second, settings.rate_limit_burst
                     ),
                 )
             }
         finally:
+            await auth.close()
             await feed.close()
             await engine.dispose()
 
@@ -90,6 +94,11 @@ def create_app(settings: Settings) -> Starlette:
         ],
         middleware=[  # outermost first: CORS answers preflights before anyone asks who
             Middleware(RequestIdMiddleware),
+            Middleware(
+                BrowserGuardMiddleware,
+                allowed_hosts=settings.allowed_host_list,
+                allowed_origins=settings.cors_origin_list,
+            ),
             *cors,
             Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
             Middleware(AuthMiddleware),

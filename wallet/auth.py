@@ -10,13 +10,21 @@ Two kinds of callers:
   wallet only when `WALLET_USER_CAN_SPEND=true`.
 
 With no key in the database and no JWT setting, the service is open (local development): every
-request acts as the anonymous principal with every scope. Verified keys are cached for
-`WALLET_AUTH_CACHE_SECONDS` (1 s); `wallet keys create` and `revoke` wait that long before they
-return, so when they do, every server process sees the change.
+request acts as the anonymous principal with every scope, and only loopback Host names are served
+(BrowserGuardMiddleware), so a web page cannot reach it through DNS rebinding.
+
+Key changes are pushed, not waited out: creating or revoking a key calls `pg_notify('wallet_auth')`
+in the same transaction, and every server process holds a listening connection (Authenticator,
+opened in the app's lifespan) that drops its cache when the notice arrives. A process trusts its
+cache (for at most `WALLET_AUTH_CACHE_SECONDS`) only while that connection is up; without it, it
+asks the database on every request. The process that made the change forgets at once and waits to
+hear its own notice before answering, so by then every listening process has been sent it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -24,27 +32,44 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
+import asyncpg
 import jwt
-from sqlalchemy import exists, insert, select, update
-from sqlalchemy.exc import DBAPIError
+import structlog
+from sqlalchemy import exists, func, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from wallet.db.engine import async_url
 from wallet.db.models import ApiKey
-from wallet.errors import Forbidden, RateLimited, Unauthenticated, ValidationError, WalletError
-from wallet.http import error_response, handle_database_error
+from wallet.errors import (
+    Forbidden,
+    InvalidHost,
+    OriginNotAllowed,
+    RateLimited,
+    Unauthenticated,
+    ValidationError,
+    WalletError,
+)
+from wallet.http import error_response, handle_database_error, map_database_error
 from wallet.inputs import TxType
 from wallet.settings import Settings
 
+log = structlog.get_logger("wallet.auth")
+
 SCOPES: Final = ("read", "transact", "admin")
 PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz"})
+AUTH_CHANNEL: Final = "wallet_auth"
+LISTENER_NAME: Final = "wallet-auth-listener"  # application_name of the listening connections
 _KEY = re.compile(r"wk_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -113,22 +138,43 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-async def create_key(conn: AsyncConnection, *, name: str, scopes: Sequence[str]) -> str:
-    """Store a new key and return its secret: the only time anyone sees it."""
-    if not isinstance(name, str) or not _KEY_NAME.fullmatch(name):
+def parse_key_name(value: object, *, field: str = "name") -> str:
+    """A key's name; anything else can name no key, so it never reaches the database."""
+    if not isinstance(value, str) or not _KEY_NAME.fullmatch(value):
         raise ValidationError(
-            "name must be 1 to 64 letters, digits, '_', '.' or '-'.", field="name"
+            f"{field} must be 1 to 64 letters, digits, '_', '.' or '-'.", field=field
         )
+    return value
+
+
+async def announce_key_change(conn: AsyncConnection, *, name: str, notice: str = "") -> None:
+    """Tell every server process, when this transaction commits, to forget cached verdicts."""
+    payload = json.dumps({"key": name, "notice": notice})
+    await conn.execute(select(func.pg_notify(AUTH_CHANNEL, payload)))
+
+
+async def create_key(
+    conn: AsyncConnection, *, name: str, scopes: Sequence[str], notice: str = ""
+) -> str:
+    """Store a new key and return its secret: the only time anyone sees it."""
+    name = parse_key_name(name)
     prefix = secrets.token_hex(6)
     secret = f"wk_{prefix}_{secrets.token_urlsafe(32)}"
-    taken = await conn.scalar(select(exists().where(ApiKey.name == name)))
-    if taken:
-        raise ValidationError(f"A key named {name!r} exists already.", field="name")
-    await conn.execute(
-        insert(ApiKey).values(
-            name=name, prefix=prefix, secret_hash=_digest(secret), scopes=parse_scopes(scopes)
+    taken = ValidationError(f"A key named {name!r} exists already.", field="name")
+    if await conn.scalar(select(exists().where(ApiKey.name == name))):
+        raise taken
+    try:
+        await conn.execute(
+            insert(ApiKey).values(
+                name=name, prefix=prefix, secret_hash=_digest(secret), scopes=parse_scopes(scopes)
+            )
         )
-    )
+    except IntegrityError as error:  # a concurrent create of the same name committed first
+        driver_error = error.orig.__cause__ if error.orig is not None else None  # asyncpg's
+        if getattr(driver_error, "constraint_name", None) == "uq_api_keys_name":
+            raise taken from None
+        raise
+    await announce_key_change(conn, name=name, notice=notice)  # open mode ends everywhere
     return secret
 
 
@@ -146,14 +192,17 @@ async def list_keys(conn: AsyncConnection) -> list[KeyRecord]:
     return [KeyRecord(r.name, list(r.scopes), r.created_at, r.revoked_at) for r in rows]
 
 
-async def revoke_key(conn: AsyncConnection, name: str) -> bool:
-    """Revoke by name; False if no live key has that name."""
+async def revoke_key(conn: AsyncConnection, name: str, *, notice: str = "") -> bool:
+    """Revoke by name, announced to every server process; False if no live key has that name."""
     result = await conn.execute(
         update(ApiKey)
         .where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
         .values(revoked_at=datetime.now().astimezone())
     )
-    return bool(result.rowcount)
+    if not result.rowcount:
+        return False
+    await announce_key_change(conn, name=name, notice=notice)
+    return True
 
 
 @dataclass
@@ -198,26 +247,89 @@ class _JWTVerifier:
         return Principal("user", f"user:{user_id}", frozenset(), user_id)
 
 
+def _listener_dsn(database_url: str) -> str:
+    """The service's database URL in the form asyncpg itself accepts."""
+    url = make_url(async_url(database_url)).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
 class Authenticator:
     """Turns an Authorization header into a Principal (cached briefly, see the module note)."""
 
-    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+    def __init__(
+        self, settings: Settings, engine: AsyncEngine, *, listen_url: str | None = None
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.jwt = _JWTVerifier(settings) if settings.jwt_configured else None
         self._keys: dict[bytes, tuple[Principal, float]] = {}
         self._keys_exist: tuple[bool, float] = (False, 0.0)
+        self._dsn = _listener_dsn(listen_url) if listen_url else None
+        self._listening = asyncio.Event()  # the cache is trusted only while this is set
+        self._generation = 0  # bumped by every forget(): a read that spans one is not cached
+        self._notices: dict[str, asyncio.Future[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def listening(self) -> bool:
+        return self._listening.is_set()
+
+    async def until_listening(self) -> None:
+        """Return once the listening connection is up (bound it with a timeout)."""
+        await self._listening.wait()
+
+    def start(self) -> None:
+        """Open the listening connection in the background (the app's lifespan calls this)."""
+        if self._dsn is not None and self._task is None:
+            self._task = asyncio.create_task(self._listen_forever(), name="auth-listener")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def forget(self) -> None:
+        """Drop every cached verdict; reads already under way will not cache theirs."""
+        self._generation += 1
+        self._keys.clear()
+        known, _ = self._keys_exist
+        self._keys_exist = (known, 0.0)  # "a key exists" stays true: keys are never deleted
+
+    @contextlib.asynccontextmanager
+    async def key_change(self) -> AsyncIterator[str]:
+        """Around a key change that announces the notice yielded: on success, forget at once
+        and wait (a second at most) to hear the notice, so every listener has been sent it."""
+        notice = secrets.token_hex(8)
+        heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._notices[notice] = heard
+        try:
+            try:
+                yield notice
+            finally:
+                self.forget()
+            if self.listening:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(heard, timeout=1.0)
+        finally:
+            del self._notices[notice]
+
+    def _fresh(self, checked: float) -> bool:
+        return self.listening and time.monotonic() - checked < self.settings.auth_cache_seconds
 
     async def required(self) -> bool:
         """Is any credential configured? Once true it stays true (keys are revoked, not deleted)."""
         if self.jwt is not None:
             return True
         known, checked = self._keys_exist
-        if known or time.monotonic() - checked < self.settings.auth_cache_seconds:
+        if known or self._fresh(checked):
             return known
+        generation = self._generation
         async with self.engine.connect() as conn:
             found = await keys_exist(conn)
-        self._keys_exist = (found, time.monotonic())
+        if found or generation == self._generation:
+            self._keys_exist = (found, time.monotonic())
         return found
 
     async def authenticate(self, authorization: str | None) -> Principal:
@@ -239,8 +351,9 @@ class Authenticator:
     async def _verify_key(self, prefix: str, secret: str) -> Principal:
         digest = _digest(secret)
         cached = self._keys.get(digest)
-        if cached and time.monotonic() - cached[1] < self.settings.auth_cache_seconds:
+        if cached and self._fresh(cached[1]):
             return cached[0]
+        generation = self._generation
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -255,31 +368,119 @@ class Authenticator:
             self._keys.pop(digest, None)
             raise Unauthenticated("This key has been revoked.")
         principal = Principal("key", row.name, frozenset(row.scopes))
-        if len(self._keys) > 10_000:  # bounded: a flood of distinct keys cannot grow it
-            self._keys.clear()
-        self._keys[digest] = (principal, time.monotonic())
+        if self.listening and generation == self._generation:
+            if len(self._keys) > 10_000:  # bounded: a flood of distinct keys cannot grow it
+                self._keys.clear()
+            self._keys[digest] = (principal, time.monotonic())
         return principal
+
+    def _on_notice(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        self.forget()
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            heard = self._notices.get(json.loads(payload).get("notice", ""))
+            if heard is not None and not heard.done():
+                heard.set_result(None)
+
+    async def _listen_forever(self) -> None:
+        assert self._dsn is not None
+        delay = 0.1
+        while True:
+            try:
+                conn = await asyncpg.connect(
+                    self._dsn, timeout=5, server_settings={"application_name": LISTENER_NAME}
+                )
+            except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+                log.warning("auth_listener_connect_failed", error=str(error)[:300])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            lost = asyncio.Event()
+            try:
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                await conn.add_listener(AUTH_CHANNEL, self._on_notice)
+                self.forget()  # what was cached while nobody listened may be stale
+                self._listening.set()
+                delay = 0.1
+                await self._until_lost(conn, lost)
+                log.warning("auth_listener_lost")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+                log.warning("auth_listener_failed", error=str(error)[:300])
+            finally:
+                self._listening.clear()
+                self.forget()
+                if not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=2)
+
+    @staticmethod
+    async def _until_lost(conn: asyncpg.Connection, lost: asyncio.Event) -> None:
+        """Return when the connection ends; a ping every few seconds finds a silent peer."""
+        while not lost.is_set():
+            try:
+                await asyncio.wait_for(lost.wait(), timeout=5)
+            except TimeoutError:
+                try:
+                    await conn.execute("SELECT 1", timeout=5)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                    return
 
 
 class RateLimiter:
-    """A token bucket per principal, per process: `rate` requests a second, `burst` at once."""
+    """A token bucket per principal, per process: `rate` requests a second, `burst` at once.
 
-    def __init__(self, rate: float, burst: int) -> None:
+    Bounded memory, however many principals (end users) it sees: a bucket idle long enough to
+    be full again is the same as no bucket, so it is dropped; past `max_buckets`, the least
+    recently used go first (they are the fullest). Buckets are kept in order of last use.
+    """
+
+    def __init__(self, rate: float, burst: int, *, max_buckets: int = 10_000) -> None:
         self.rate = rate
         self.burst = float(burst or max(1, int(rate)))
+        self.max_buckets = max_buckets
+        self._refill_s = self.burst / rate if rate > 0 else 0.0  # from empty to full
         self._buckets: dict[str, tuple[float, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def check(self, who: str) -> None:
         if self.rate <= 0:
             return
         now = time.monotonic()
-        tokens, last = self._buckets.get(who, (self.burst, now))
+        tokens, last = self._buckets.pop(who, (self.burst, now))
+        self._drop_idle(now)
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens < 1:
             wait = max(1, int((1 - tokens) / self.rate + 0.999))
             self._buckets[who] = (tokens, now)
             raise RateLimited(f"Too many requests; retry in {wait} s.", retryAfter=wait)
         self._buckets[who] = (tokens - 1, now)
+
+    def _drop_idle(self, now: float) -> None:
+        """Drop, oldest first, the buckets that are full again, then any beyond the cap."""
+        buckets = self._buckets
+        while buckets:
+            oldest = next(iter(buckets))
+            if now - buckets[oldest][1] < self._refill_s and len(buckets) < self.max_buckets:
+                return
+            del buckets[oldest]
+
+
+async def _answer_database_trouble(
+    scope: Scope, receive: Receive, send: Send, trouble: Exception
+) -> None:
+    """Middlewares run outside the app's exception handlers: answer as they would, so a
+    database restart or a full pool is a 503 with Retry-After, not a 500 (a WebSocket gets it
+    as its handshake's answer)."""
+    if scope["type"] == "http":
+        response = await handle_database_error(Request(scope, receive), trouble)
+        await response(scope, receive, send)
+        return
+    mapped = map_database_error(trouble)
+    if mapped is None:
+        raise trouble
+    log.warning("database_trouble", error=type(trouble).__name__, detail=str(trouble)[:300])
+    await error_response(mapped)(scope, receive, send)
 
 
 class AuthMiddleware:
@@ -317,12 +518,106 @@ class AuthMiddleware:
             await error_response(error, headers=headers)(scope, receive, send)
             return
         except (DBAPIError, PoolTimeout, OSError) as trouble:
-            # Out here, the app's exception handlers never see it: answer as they would, so a
-            # database restart or a full pool is a 503 with Retry-After, not a 500.
-            if scope["type"] != "http":
-                raise
-            response = await handle_database_error(Request(scope, receive), trouble)
-            await response(scope, receive, send)
+            await _answer_database_trouble(scope, receive, send, trouble)
             return
         state["principal"] = principal
         await self.app(scope, receive, send)
+
+
+LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _host_and_port(netloc: str) -> tuple[str, int | None] | None:
+    """`example.com:3000` -> ("example.com", 3000); IPv6 without brackets; None if malformed."""
+    try:
+        parts = urlsplit(f"//{netloc}")
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname or parts.username is not None or parts.password is not None:
+        return None
+    return parts.hostname, port
+
+
+class BrowserGuardMiddleware:
+    """What keeps a web page the developer visits from using the service (HTTP and WebSocket).
+
+    * Host: served only to the names in `allowed_hosts` and loopback (`localhost`, `127.0.0.1`,
+      `[::1]`, any port). It applies whenever `WALLET_ALLOWED_HOSTS` is set, and always while
+      the service is open: DNS rebinding gives a page an origin whose name points at 127.0.0.1,
+      and its requests carry that name. Refused: `400 INVALID_HOST`. The health checks are
+      exempt (probes use the pod's address, and they reveal nothing).
+    * Origin: a write (any method but GET, HEAD and OPTIONS) or a WebSocket upgrade that carries
+      an `Origin` must come from the request's own host, from loopback, or from
+      `WALLET_CORS_ORIGINS`; otherwise `403 ORIGIN_NOT_ALLOWED`. This holds in every mode: a
+      cross-site form or `text/plain` POST needs no preflight, so CORS alone would not stop it.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, allowed_hosts: Sequence[str], allowed_origins: Sequence[str]
+    ) -> None:
+        self.app = app
+        names = {h.strip().lower().removeprefix("[").removesuffix("]") for h in allowed_hosts}
+        self.any_host = "*" in names
+        self.hosts = frozenset(n for n in names if not n.startswith("*")) | LOOPBACK_HOSTS
+        self.domains = tuple(n[1:] for n in names if n.startswith("*."))  # ".example.com"
+        self.hosts_configured = bool(names)
+        self.any_origin = "*" in allowed_origins
+        self.origins = frozenset(o.strip().lower().rstrip("/") for o in allowed_origins)
+
+    def host_allowed(self, host: str) -> bool:
+        return self.any_host or host in self.hosts or host.endswith(self.domains)
+
+    def origin_allowed(self, origin: str, host: tuple[str, int | None] | None) -> bool:
+        origin = origin.lower()
+        if self.any_origin or origin in self.origins:
+            return True
+        try:
+            parts = urlsplit(origin)
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https") or parts.path or parts.query:
+            return False
+        found = _host_and_port(parts.netloc)
+        if found is None:
+            return False
+        # The page's own host (any scheme: TLS may end at a proxy), or a loopback page.
+        return found == host or found[0] in LOOPBACK_HOSTS
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        raw_host = raw_origin = None
+        for name, value in scope["headers"]:
+            if name == b"host":
+                raw_host = value
+            elif name == b"origin":
+                raw_origin = value
+        host = _host_and_port(raw_host.decode("latin-1")) if raw_host else None
+        try:
+            if (host is None or not self.host_allowed(host[0])) and (
+                scope["path"] not in PUBLIC_PATHS and await self._checks_hosts(scope)
+            ):
+                raise InvalidHost("This service does not answer to that Host name.")
+            writes = scope["type"] == "websocket" or scope["method"] not in SAFE_METHODS
+            if (
+                writes
+                and raw_origin is not None
+                and not self.origin_allowed(raw_origin.decode("latin-1"), host)
+            ):
+                raise OriginNotAllowed("Requests from that web origin are not allowed.")
+        except WalletError as error:
+            await error_response(error)(scope, receive, send)  # a WebSocket: a denial response
+            return
+        except (DBAPIError, PoolTimeout, OSError) as trouble:
+            await _answer_database_trouble(scope, receive, send, trouble)
+            return
+        await self.app(scope, receive, send)
+
+    async def _checks_hosts(self, scope: Scope) -> bool:
+        if self.hosts_configured:
+            return True
+        auth: Authenticator = scope["state"]["resources"].auth
+        return not await auth.required()  # open: loopback names only

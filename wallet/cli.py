@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -105,6 +105,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 " may do anything. Fine on a laptop; create keys before exposing the service.",
                 host=args.host,
             )
+            if not _is_loopback(args.host) and not settings.allowed_host_list:
+                log.warning(
+                    "Open mode answers only requests addressed to localhost, 127.0.0.1 or [::1];"
+                    " set WALLET_ALLOWED_HOSTS to the names clients use to reach this address.",
+                    host=args.host,
+                )
         os.environ["DATABASE_URL"] = url  # worker processes read their settings from here
         log.info("serving", host=args.host, port=args.port, workers=args.workers)
         uvicorn.run(
@@ -132,13 +138,42 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+class _NothingChanged(Exception):
+    """A key change that changed nothing (so announced nothing)."""
+
+
+def _change_keys(
+    database_url: str, settings: Settings, work: Callable[[AsyncConnection, str], Awaitable[T]]
+) -> T:
+    """Run a key change in one transaction, as the service's admin routes do: its notice is
+    heard back before this returns, so every listening server process has been sent it (and
+    one not listening trusts no cache)."""
+
+    async def main() -> T:
+        engine = create_engine(database_url, pool_size=1)
+        listener = auth.Authenticator(settings, engine, listen_url=database_url)
+        listener.start()
+        try:
+            with contextlib.suppress(TimeoutError):  # not listening: it just cannot wait
+                async with asyncio.timeout(5):
+                    await listener.until_listening()
+            async with listener.key_change() as notice, engine.begin() as conn:
+                return await work(conn, notice)
+        finally:
+            await listener.close()
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     with database(settings, stop_embedded=False) as url:
         if args.action == "create":
-            secret = _run(
+            secret = _change_keys(
                 url,
-                lambda conn: auth.create_key(
-                    conn, name=args.name, scopes=auth.parse_scopes(args.scopes)
+                settings,
+                lambda conn, notice: auth.create_key(
+                    conn, name=args.name, scopes=auth.parse_scopes(args.scopes), notice=notice
                 ),
             )
             print(f"key {args.name!r} created; its secret is shown this once:\n{secret}")
@@ -148,13 +183,18 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
                 print(
                     f"{key.name}\t{','.join(key.scopes)}\t{key.created_at:%Y-%m-%d %H:%M}\t{state}"
                 )
-            return 0
-        elif not _run(url, lambda conn: auth.revoke_key(conn, args.name)):
-            print(f"wallet: no live key named {args.name!r}", file=sys.stderr)
-            return 1
         else:
+
+            async def revoke(conn: AsyncConnection, notice: str) -> None:
+                if not await auth.revoke_key(conn, args.name, notice=notice):
+                    raise _NothingChanged
+
+            try:
+                _change_keys(url, settings, revoke)
+            except _NothingChanged:
+                print(f"wallet: no live key named {args.name!r}", file=sys.stderr)
+                return 1
             print(f"key {args.name!r} revoked")
-    time.sleep(settings.auth_cache_seconds)  # every server has seen it when we return
     return 0
 
 

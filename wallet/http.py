@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -19,13 +23,17 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from wallet.errors import (
     Busy,
+    HeadersTooLarge,
     MethodNotAllowed,
     PayloadTooLarge,
+    RequestTimeout,
     RouteNotFound,
     Unavailable,
+    ValidationError,
     WalletError,
 )
 from wallet.jsonbody import parse_json_object
+from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.http")
 
@@ -200,15 +208,149 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
 
 
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_header_bytes: int
+    header_timeout_s: float
+    body_timeout_s: float
+
+
+@functools.cache
+def server_limits() -> ServerLimits:
+    """Read once per worker process, from the environment the app's settings come from too."""
+    settings = Settings()
+    return ServerLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+    )
+
+
 class JSONHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn answers requests it cannot parse (say, a control character in a header) itself,
-    in plain text; this keeps even those answers in the JSON envelope."""
+    """uvicorn's httptools protocol, with the limits it lacks and every answer it writes itself
+    in the JSON envelope.
+
+    * The request line and headers are capped (`WALLET_MAX_HEADER_BYTES`, 431): the parser is
+      fed at most that many bytes of a request's head, so an endless header never grows memory.
+      (Bytes that follow a complete request in the same read count toward the next one only
+      from that read on: a head can reach the cap plus one read, never more.)
+    * Headers must be complete within `WALLET_HEADER_TIMEOUT_S` of the connection or of the
+      request's first byte, and the body within `WALLET_BODY_TIMEOUT_S` of the headers: a
+      client that trickles them gets 408 and the connection is closed.
+    * A request uvicorn cannot parse (say, a control character in a header) is a JSON 400.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = server_limits()
+        self._in_head = True  # reading a request line and headers (or waiting for the next)
+        self._head_bytes = 0
+        self._upgraded = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        while data and not self._upgraded and not self.transport.is_closing():
+            if not self._in_head:
+                super().data_received(data)
+                return
+            cap = self.limits.max_header_bytes
+            room = cap - self._head_bytes
+            if room <= 0:
+                self._refuse(HeadersTooLarge(f"The request line and headers exceed {cap} bytes."))
+                return
+            piece, data = data[:room], data[room:]
+            self._head_bytes += len(piece)
+            super().data_received(piece)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(
+                self.limits.header_timeout_s, self._head_too_slow
+            )
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        upgrading = bool(self.parser.should_upgrade()) and self._should_upgrade()
+        if not upgrading:
+            self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_too_slow)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def handle_websocket_upgrade(self) -> None:
+        self._upgraded = True  # the WebSocket protocol owns the transport from here on
+        self._cancel_timers()
+        super().handle_websocket_upgrade()
 
     def send_400_response(self, msg: str) -> None:
-        body = orjson.dumps(
-            error_body("VALIDATION_ERROR", "The request is not valid HTTP (a malformed header?).")
+        self._answer_and_close(
+            ValidationError("The request is not valid HTTP (a malformed header?).")
         )
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
+
+    def _answering(self) -> bool:
+        """Is the application still answering an earlier (pipelined) request?"""
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _refuse(self, error: WalletError) -> None:
+        """Answer a request whose head broke a limit; never in the middle of another answer."""
+        if self._answering():
+            self.transport.close()
+        else:
+            self._answer_and_close(error)
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self._upgraded:
+            return
+        if self._head_bytes == 0:  # an idle connection that never sent a byte: just close it
+            self.transport.close()
+            return
+        self._refuse(RequestTimeout(f"Headers not sent within {self.limits.header_timeout_s} s."))
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is None or cycle.response_started:  # answered already: just stop waiting
+            self.transport.close()
+            return
+        # The application now reads a disconnect, and anything it still sends is dropped.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self._answer_and_close(
+            RequestTimeout(f"The body was not sent within {self.limits.body_timeout_s} s.")
+        )
+
+    def _answer_and_close(self, error: WalletError) -> None:
+        body = orjson.dumps(error_body(error.code, error.message, error.details))
+        phrase = HTTPStatus(error.status).phrase.encode("ascii")
+        head = [b"HTTP/1.1 %d %s\r\n" % (error.status, phrase)]
         for name, value in self.server_state.default_headers:
             head.extend([name, b": ", value, b"\r\n"])
         head.extend(

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import HTTPConnection
 
 from wallet import ledger
-from wallet.auth import ANONYMOUS, Authenticator, Principal, RateLimiter
+from wallet.auth import Authenticator, Principal, RateLimiter
 from wallet.feed import BalanceFeed
 from wallet.settings import Settings
 
@@ -52,7 +52,7 @@ class AssetCatalog:
         await asyncio.shield(self._reload)
 
     async def _load(self, engine: AsyncEngine) -> None:
-        self.remember(await with_connection(engine, ledger.assets, begin=False))
+        self.remember(await with_connection(engine, ledger.assets, begin=False, retry=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,24 +72,41 @@ def resources(connection: HTTPConnection) -> Resources:
     return found
 
 
+class MissingPrincipal(RuntimeError):
+    """A route ran for a connection AuthMiddleware never saw: a wiring bug, never anonymous."""
+
+
 def principal(connection: HTTPConnection) -> Principal:
-    """Who AuthMiddleware found; anonymous in open mode. (A WebSocket may still be pending.)"""
-    found: Principal | None = getattr(connection.state, "principal", ANONYMOUS)
+    """Who AuthMiddleware found (ANONYMOUS only when it decided the service is open).
+
+    Fails closed: a connection that never passed the middleware, or a WebSocket that has not
+    authenticated yet, raises instead of acting with anyone's scopes.
+    """
+    found: Principal | None = connection.scope.get("state", {}).get("principal")
     if found is None:
-        raise RuntimeError("principal not authenticated yet")
+        raise MissingPrincipal(
+            f"no authenticated principal for {connection.scope.get('path')!r}:"
+            " the route is not behind AuthMiddleware, or the WebSocket has not authenticated"
+        )
     return found
 
 
 async def with_connection(
-    engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]], *, begin: bool = True
+    engine: AsyncEngine,
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    begin: bool = True,
+    retry: bool = False,
 ) -> T:
     """Run `work` on its own pooled connection, committing at the end when `begin`.
 
-    A connection the database dropped (restart, terminated backend) is retried once on a fresh
-    one. That is safe for reads, and for postings too: they carry an idempotency key, so a retry
-    of one that did commit replays it instead of posting again.
+    With `retry`, a connection the database dropped (restart, terminated backend) is retried
+    once on a fresh one. Pass it only for work that is safe to run twice: reads, and postings
+    keyed by an idempotency key (a retry of one that did commit replays it). Anything else
+    (creating a user or a key, revoking one) may have committed before the answer was lost, and
+    a retry would turn that success into a conflict: it fails with 503 and the client decides.
     """
-    for attempt in (1, 2):
+    for attempt in (1, 2) if retry else (2,):
         try:
             async with engine.connect() as conn:
                 if not begin:
@@ -105,4 +122,4 @@ async def with_connection(
 async def read(res: Resources, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Reads run without BEGIN/COMMIT: each statement is its own snapshot (read committed),
     which saves two round trips a request."""
-    return await with_connection(res.autocommit, work, begin=False)
+    return await with_connection(res.autocommit, work, begin=False, retry=True)

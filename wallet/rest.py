@@ -96,6 +96,7 @@ async def post_transact(request: Request) -> Response:
         res.autocommit,
         lambda conn: ledger.transact(conn, tx, key=key, principal=who.name),
         begin=False,
+        retry=True,  # keyed by Idempotency-Key: a retry of a committed posting replays it
     )
     return _outcome_response(outcome)
 
@@ -112,7 +113,11 @@ async def get_transactions(request: Request) -> Response:
     page = await read(
         resources(request),
         lambda conn: ledger.history(
-            conn, user_id, limit=limit, before=before, asset_slug=asset_slug
+            conn,
+            user_id,
+            limit=limit,
+            before=before,
+            filters=ledger.HistoryFilter(asset_slug=asset_slug),
         ),
     )
     data = [
@@ -172,20 +177,26 @@ async def post_key(request: Request) -> Response:
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise ValidationError("scopes must be a list of strings.", field="scopes")
     granted = auth.parse_scopes(scopes)
-    secret = await with_connection(
-        resources(request).engine, lambda conn: auth.create_key(conn, name=name, scopes=granted)
-    )
+    res = resources(request)
+    async with res.auth.key_change() as notice:  # closes open mode in every process at once
+        secret = await with_connection(
+            res.engine,
+            lambda conn: auth.create_key(conn, name=name, scopes=granted, notice=notice),
+        )
     return ok({"name": name, "scopes": granted, "key": secret}, status=201)
 
 
 async def delete_key(request: Request) -> Response:
+    """Revoke a key; when this answers, no server process accepts it any more."""
     principal(request).require("admin")
-    name = request.path_params["name"]
-    revoked = await with_connection(
-        resources(request).engine, lambda conn: auth.revoke_key(conn, name)
-    )
-    if not revoked:
-        raise RouteNotFound(f"No live key named {name!r}.")
+    name = auth.parse_key_name(request.path_params["name"])
+    res = resources(request)
+    async with res.auth.key_change() as notice:
+        revoked = await with_connection(
+            res.engine, lambda conn: auth.revoke_key(conn, name, notice=notice)
+        )
+        if not revoked:
+            raise RouteNotFound(f"No live key named {name!r}.")
     return ok({"name": name, "revoked": True})
 
 
@@ -196,7 +207,7 @@ async def get_audit(request: Request) -> Response:
         await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
         return await audit(conn)
 
-    report = await with_connection(resources(request).engine, run)
+    report = await with_connection(resources(request).engine, run, retry=True)  # read-only
     return ok(
         {
             "ok": report.ok,

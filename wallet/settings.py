@@ -29,6 +29,9 @@ class Settings(BaseSettings):
 
     idempotency_retention_hours: int = Field(default=24, ge=24)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # request line and headers
+    header_timeout_s: float = Field(default=10.0, gt=0)  # from the first byte to the last header
+    body_timeout_s: float = Field(default=30.0, gt=0)  # from the last header to the body's end
 
     log_level: str = "INFO"
     log_json: bool = False
@@ -44,6 +47,9 @@ class Settings(BaseSettings):
 
     graphiql: bool = True  # served only outside production
     cors_origins: str = ""  # comma-separated frontend origins allowed to call the API
+    # Host names served (comma-separated; `*` for any, `*.example.com` for subdomains), besides
+    # loopback. Unset: loopback only while the service is open, any once credentials exist.
+    allowed_hosts: str = ""
     graphql_max_depth: int = Field(default=10, ge=2)
     graphql_max_tokens: int = Field(default=2000, ge=100)
     graphql_max_aliases: int = Field(default=20, ge=1)
@@ -67,3 +73,7 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return [host.strip().lower() for host in self.allowed_hosts.split(",") if host.strip()]

@@ -102,6 +102,7 @@ async def transact(
         ctx.resources.autocommit,
         lambda conn: ledger.transact(conn, request, key=key, principal=who.name),
         begin=False,
+        retry=True,  # keyed by idempotencyKey: a retry of a committed posting replays it
     )
 
 
