@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 from tests.conftest import ROOT, create_database, drop_database, free_port, start_server
 from tests.factories import Factory, in_process_resources
 from tests.graphql_client import PROTOCOLS
+from tests.rawhttp import exchange, request_bytes
 from wallet import auth, rest
 from wallet.auth import RateLimiter
 from wallet.cli import _run, migrate
@@ -664,3 +665,25 @@ def test_rate_limiter_memory_is_capped_and_limits_still_hold() -> None:
         limiter.check("hot")  # the most recent principals keep their buckets
     with pytest.raises(RateLimited):
         limiter.check("user:19999")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Bearer wk_0123456789ab_" + "\xe9" * 43,  # latin-1 on the wire, not the key alphabet
+        "Bearer wk_\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8\xf7\xf6\xf5\xf4_" + "A" * 43,
+        "Bearer " + "A" * 5000,
+        "Bearer wk_" + "0" * 5000,
+        "Bearer \x01\x02.\x03.\x04",
+        "\xff" * 100,
+    ],
+)
+def test_hostile_authorization_headers_are_401(secured: Secured, value: str) -> None:
+    request = request_bytes(
+        "GET", f"/api/wallet/balance/{ALICE}", host="127.0.0.1", headers={"Authorization": value}
+    )
+    response = exchange(secured.base, request)
+    # Control characters never get past the HTTP parser (a JSON 400); the rest are not keys.
+    expected = 400 if any(ord(c) < 0x20 for c in value) else 401
+    assert response.status == expected
+    assert response.json()["code"] == {400: "VALIDATION_ERROR", 401: "UNAUTHENTICATED"}[expected]

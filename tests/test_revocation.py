@@ -19,6 +19,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -40,6 +41,7 @@ class Served:
     base: str
     database_url: str
     admin: dict[str, str]  # headers of an admin caller ({} while the service is open)
+    pid: int  # `wallet serve`; its worker processes are its children
 
 
 def fresh_database(server_url: str) -> str:
@@ -82,6 +84,29 @@ async def until_listening(
     raise AssertionError(f"{count} auth listeners did not connect")
 
 
+async def workers_that_served(server_pid: int, engine: AsyncEngine) -> int:
+    """How many worker processes hold a pooled database connection, i.e. have served requests
+    that asked the database (matched by the connections' TCP ports)."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT client_port FROM pg_stat_activity"
+                " WHERE application_name = 'wallet' AND datname = current_database()"
+            )
+        )
+        ports = {row.client_port for row in rows if row.client_port is not None}
+    if not ports:
+        pytest.skip("the database is reached over a Unix socket: cannot tell workers apart")
+    serving = 0
+    for child in psutil.Process(server_pid).children(recursive=True):
+        try:
+            local = {c.laddr.port for c in child.net_connections(kind="tcp") if c.raddr}
+        except psutil.Error:
+            continue
+        serving += bool(local & ports)
+    return serving
+
+
 async def statuses(base: str, headers: dict[str, str], *, count: int = 60) -> list[int]:
     """`count` GETs at once, each on a connection of its own (none is kept alive)."""
     fresh = httpx.Limits(max_connections=count, max_keepalive_connections=0)
@@ -98,7 +123,7 @@ def secured(server_url: str) -> Iterator[Served]:
     secret = _run(url, lambda conn: auth.create_key(conn, name="ops", scopes=["admin"]))
     proc, base = start_server(url, workers=2, WALLET_AUTH_CACHE_SECONDS=CACHE_SECONDS)
     try:
-        yield Served(base, url, {"Authorization": f"Bearer {secret}"})
+        yield Served(base, url, {"Authorization": f"Bearer {secret}"}, proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -119,6 +144,7 @@ async def test_revoked_over_http_is_refused_by_every_worker_at_once(
             assert made.status_code == 201, made.text
             victim = {"Authorization": f"Bearer {made.json()['data']['key']}"}
             assert set(await statuses(secured.base, victim)) == {200}  # cached by both workers
+            assert await workers_that_served(secured.pid, engine) == 2
             gone = await admin.delete(f"/api/admin/keys/{name}", headers=secured.admin)
             assert gone.status_code == 200
             after = await statuses(secured.base, victim)
