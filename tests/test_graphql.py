@@ -362,7 +362,7 @@ async def test_cors_allows_only_configured_origins(database_url: str) -> None:
 
     app = create_app(Settings(database_url=database_url, cors_origins="https://app.example.com"))
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://wallet") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
         headers = {"access-control-request-method": "POST"}
         allowed = await c.options(
             "/graphql", headers={**headers, "origin": "https://app.example.com"}
