@@ -61,10 +61,21 @@ def _ready(base_url: str) -> bool:
 
 @contextlib.contextmanager
 def serve(
-    database_url: str, *, workers: int, log_path: Path, extra_env: dict[str, str] | None = None
+    database_url: str,
+    *,
+    workers: int,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    floor: bool = False,
 ) -> Iterator[Service]:
-    """The service on a free loopback port, ready when this yields; stopped (SIGTERM) after."""
+    """The service (or, with `floor`, bench/floor.py's lean app on the same stack) on a free
+    loopback port, ready when this yields; stopped (SIGTERM) after."""
     port = free_port()
+    command = (
+        [sys.executable, "-m", "bench.floor", "--port", str(port), "--workers", str(workers)]
+        if floor
+        else [str(WALLET), "serve", "--port", str(port), "--workers", str(workers)]
+    )
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -74,7 +85,7 @@ def serve(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(WALLET), "serve", "--port", str(port), "--workers", str(workers)],
+            command,
             env=env,
             cwd=ROOT,
             stdout=log,
