@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,7 +13,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from wallet import rest
@@ -30,15 +33,37 @@ from wallet.http import (
     handle_wallet_error,
 )
 from wallet.logging import configure_logging
+from wallet.observability import Metrics, ObserveMiddleware
 from wallet.openapi import openapi_json
-from wallet.resources import Resources
+from wallet.resources import Resources, principal, resources
 from wallet.settings import Settings
+from wallet.tracing import Tracing
+
+GAUGE_PERIOD_S = 1.0  # how often a worker refreshes its pool and subscriber gauges
 
 
-def create_app(settings: Settings) -> Starlette:
+async def metrics_endpoint(request: Request) -> Response:
+    """GET /metrics (Prometheus text): open in open mode; otherwise the `metrics` scope."""
+    principal(request).require("metrics")
+    res = resources(request)
+    res.metrics.sample(feed_subscribers=res.feed.subscriber_count)
+    body, content_type = res.metrics.render()
+    return Response(body, media_type=content_type)
+
+
+async def _refresh_gauges(metrics: Metrics, feed: BalanceFeed) -> None:
+    while True:
+        metrics.sample(feed_subscribers=feed.subscriber_count)
+        await asyncio.sleep(GAUGE_PERIOD_S)
+
+
+def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlette:
+    """The service; `tracing` defaults to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url (wallet serve sets it)")
     database_url = settings.database_url
+    metrics = Metrics()
+    tracing = tracing or Tracing.from_environment()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Resources]]:
@@ -54,6 +79,8 @@ def create_app(settings: Settings) -> Starlette:
         # Single-statement reads; it hears key changes on a connection of its own.
         auth = Authenticator(settings, autocommit, listen_url=database_url)
         auth.start()
+        metrics.watch_pool("primary", engine)
+        gauges = asyncio.create_task(_refresh_gauges(metrics, feed), name="metrics-gauges")
         try:
             yield {
                 "resources": Resources(
@@ -65,12 +92,20 @@ def create_app(settings: Settings) -> Starlette:
                     rate_limiter=RateLimiter(
                         settings.rate_limit_per_second, settings.rate_limit_burst
                     ),
+                    metrics=metrics,
+                    tracing=tracing,
                 )
             }
         finally:
+            gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gauges
+            metrics.process_exited()
             await auth.close()
             await feed.close()
             await engine.dispose()
+            if tracing is not None:
+                tracing.shutdown()
 
     cors = (
         [
@@ -86,14 +121,23 @@ def create_app(settings: Settings) -> Starlette:
         if settings.cors_origin_list
         else []  # no frontend origin configured: no cross-origin access, no per-request cost
     )
+    routes = [
+        *rest.routes,
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *graphql_routes(settings),
+    ]
     return Starlette(
-        routes=[
-            *rest.routes,
-            Route("/openapi.json", openapi_json, methods=["GET"]),
-            *graphql_routes(settings),
-        ],
+        routes=routes,
         middleware=[  # outermost first: CORS answers preflights before anyone asks who
             Middleware(RequestIdMiddleware),
+            Middleware(
+                ObserveMiddleware,
+                metrics=metrics,
+                routes=routes,
+                access_log=settings.env == "production" or settings.log_json,
+                tracing=tracing,
+            ),
             Middleware(
                 BrowserGuardMiddleware,
                 allowed_hosts=settings.allowed_host_list,

@@ -66,7 +66,7 @@ from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.auth")
 
-SCOPES: Final = ("read", "transact", "admin")
+SCOPES: Final = ("read", "transact", "admin", "metrics")  # ck_api_keys_scopes agrees
 PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz"})
 AUTH_CHANNEL: Final = "wallet_auth"
 LISTENER_NAME: Final = "wallet-auth-listener"  # application_name of the listening connections

@@ -9,9 +9,11 @@ import ipaddress
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
@@ -25,6 +27,7 @@ from wallet.embedded import EmbeddedError, EmbeddedPostgres
 from wallet.errors import WalletError
 from wallet.http import JSONHttpToolsProtocol
 from wallet.logging import configure_logging
+from wallet.observability import MULTIPROC_ENV
 from wallet.seed import seed
 from wallet.settings import Settings
 
@@ -113,20 +116,43 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 )
         os.environ["DATABASE_URL"] = url  # worker processes read their settings from here
         log.info("serving", host=args.host, port=args.port, workers=args.workers)
-        uvicorn.run(
-            "wallet.app:app_from_environment",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            loop="uvloop",
-            http=JSONHttpToolsProtocol,
-            ws="wallet.graphql_ws:WalletWebSocketProtocol",  # malformed frames close 4400
-            access_log=False,
-            timeout_graceful_shutdown=30,
-            log_level=settings.log_level.lower(),
-        )
+        with metrics_directory():
+            uvicorn.run(
+                "wallet.app:app_from_environment",
+                factory=True,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                loop="uvloop",
+                http=JSONHttpToolsProtocol,
+                ws="wallet.graphql_ws:WalletWebSocketProtocol",  # malformed frames close 4400
+                access_log=False,
+                timeout_graceful_shutdown=30,
+                log_level=settings.log_level.lower(),
+            )
     return 0
+
+
+@contextmanager
+def metrics_directory() -> Iterator[Path]:
+    """PROMETHEUS_MULTIPROC_DIR for this server's workers: theirs if set (emptied first, as
+    prometheus-client asks), else a fresh private directory removed on the way out. Set before
+    any worker imports prometheus-client, so each writes its samples there and GET /metrics,
+    whichever worker answers it, adds up all of them."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        yield directory
+        return
+    with tempfile.TemporaryDirectory(prefix="wallet-metrics-") as created:
+        os.environ[MULTIPROC_ENV] = created
+        try:
+            yield Path(created)
+        finally:
+            del os.environ[MULTIPROC_ENV]
 
 
 def _is_loopback(host: str) -> bool:

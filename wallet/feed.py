@@ -62,6 +62,11 @@ class BalanceFeed:
         self._listening = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def subscriber_count(self) -> int:
+        """Subscriptions open in this process (the wallet_feed_subscribers gauge)."""
+        return sum(len(queues) for queues in self._subscribers.values())
+
     @contextlib.asynccontextmanager
     async def subscribe(self, user_id: uuid.UUID) -> AsyncIterator[asyncio.Queue[FeedItem]]:
         """A queue of the user's balance events, live from the moment this returns."""

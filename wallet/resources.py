@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import HTTPConnection
 
 from wallet import ledger
 from wallet.auth import Authenticator, Principal, RateLimiter
+from wallet.errors import Busy, IdempotencyKeyReused
 from wallet.feed import BalanceFeed
+from wallet.http import map_database_error
+from wallet.observability import Metrics
 from wallet.settings import Settings
+from wallet.tracing import Tracing
 
 T = TypeVar("T")
 
@@ -64,6 +71,8 @@ class Resources:
     auth: Authenticator
     rate_limiter: RateLimiter
     assets: AssetCatalog = field(default_factory=AssetCatalog)
+    metrics: Metrics = field(default_factory=Metrics)
+    tracing: Tracing | None = None  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
 
 
 def resources(connection: HTTPConnection) -> Resources:
@@ -122,4 +131,41 @@ async def with_connection(
 async def read(res: Resources, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Reads run without BEGIN/COMMIT: each statement is its own snapshot (read committed),
     which saves two round trips a request."""
-    return await with_connection(res.autocommit, work, begin=False, retry=True)
+    with _observed(res, "ledger.read"):
+        return await with_connection(res.autocommit, work, begin=False, retry=True)
+
+
+async def post(res: Resources, work: Callable[[AsyncConnection], Awaitable[T]], *, kind: str) -> T:
+    """Run one keyed ledger write (`kind`: TOPUP, TRANSFER, HOLD, ...) on its own connection, as
+    its own transaction, and count what the ledger decided: once per posting, never a replay.
+
+    A dropped connection is retried once: the write is keyed, so a retry of one that committed
+    replays it. `wallet_lock_wait_seconds` times the call, which is one round trip whose time
+    is mostly the wait for the account rows' locks.
+    """
+    started = time.perf_counter()
+    try:
+        with _observed(res, "ledger.post", kind=kind):
+            result = await with_connection(res.autocommit, work, begin=False, retry=True)
+    except IdempotencyKeyReused:
+        res.metrics.conflicts.inc()
+        raise
+    finally:
+        res.metrics.lock_wait.observe(time.perf_counter() - started)
+    res.metrics.posted(kind, result)
+    return result
+
+
+@contextlib.contextmanager
+def _observed(res: Resources, name: str, **attributes: str) -> Iterator[None]:
+    """A span around a ledger call (when tracing), and BUSY answers counted."""
+    try:
+        if res.tracing is None:
+            yield
+        else:
+            with res.tracing.span(name, **attributes):
+                yield
+    except (DBAPIError, PoolTimeout) as error:
+        if isinstance(map_database_error(error), Busy):
+            res.metrics.busy.inc()
+        raise

@@ -20,7 +20,7 @@ from wallet.inputs import (
     parse_tx_type,
     parse_user_id,
 )
-from wallet.resources import principal, read, resources, with_connection
+from wallet.resources import post, principal, read, resources
 
 
 async def get_balance(request: Request) -> Response:
@@ -82,11 +82,8 @@ async def post_transact(request: Request) -> Response:
     )
     who = principal(request)
     who.require_transact(tx.user_id, tx.type, user_can_spend=res.settings.user_can_spend)
-    outcome = await with_connection(
-        res.autocommit,
-        lambda conn: ledger.transact(conn, tx, key=key, principal=who.name),
-        begin=False,
-        retry=True,  # keyed by Idempotency-Key: a retry of a committed posting replays it
+    outcome = await post(
+        res, lambda conn: ledger.transact(conn, tx, key=key, principal=who.name), kind=tx.type
     )
     return _outcome_response(outcome)
 

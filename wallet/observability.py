@@ -1,0 +1,268 @@
+"""Metrics, access logs and request spans: what an operator watches, from one ASGI middleware.
+
+Metrics are Prometheus's. `wallet serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory
+before its workers start, so every worker writes its samples to memory-mapped files there and
+whichever worker answers GET /metrics adds them all up (prometheus-client's multiprocess mode).
+An app built in-process without that variable (tests, benchmarks) keeps a private registry.
+prometheus-client is imported when a `Metrics` is made, never at import time: it picks its mode
+on first import, which must come after `wallet serve` has set the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from wallet.errors import Declined
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Gauge, Histogram
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from wallet.tracing import Tracing
+
+log = structlog.get_logger("wallet.access")
+
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+UNMATCHED: Final = "<unmatched>"  # no route: never the raw path (unbounded label values)
+# Seconds; request latencies here run from ~1 ms (a read) to the 2 s lock timeout and beyond.
+LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What the layers below tell the access log about the request being answered."""
+
+    replayed: bool = False
+
+
+# The request being answered (None outside one). Mutated, never re-set, below the middleware:
+# GraphQL runs resolvers in tasks of their own, which see the same record.
+current_request: ContextVar[RequestRecord | None] = ContextVar("current_request", default=None)
+
+
+class Metrics:
+    """Every metric the service exports; one per app (the lifespan and middleware share it)."""
+
+    def __init__(self) -> None:
+        import prometheus_client as prom
+        from prometheus_client import values
+
+        self.multiprocess = MULTIPROC_ENV in os.environ
+        if self.multiprocess != bool(getattr(values.ValueClass, "_multiprocess", False)):
+            raise RuntimeError(
+                f"prometheus_client was imported before {MULTIPROC_ENV} was set (or unset):"
+                " its mode is fixed at first import"
+            )
+        self._registry = None if self.multiprocess else prom.CollectorRegistry()
+        registry = self._registry
+        self.requests: Counter = prom.Counter(
+            "wallet_http_requests_total",
+            "HTTP requests answered, by route template and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.request_seconds: Histogram = prom.Histogram(
+            "wallet_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.postings: Counter = prom.Counter(
+            "wallet_postings_total",
+            "Ledger writes decided (never counting a replay), by type and outcome.",
+            ["type", "outcome"],
+            registry=registry,
+        )
+        self.replays: Counter = prom.Counter(
+            "wallet_idempotent_replays_total",
+            "Keyed writes answered with the stored outcome of an earlier request.",
+            registry=registry,
+        )
+        self.conflicts: Counter = prom.Counter(
+            "wallet_idempotency_conflicts_total",
+            "Keyed writes refused: the key was used for a different request.",
+            registry=registry,
+        )
+        self.busy: Counter = prom.Counter(
+            "wallet_busy_total",
+            "Ledger reads and writes answered 503 BUSY (lock, statement or pool timeout).",
+            registry=registry,
+        )
+        self.lock_wait: Histogram = prom.Histogram(
+            "wallet_lock_wait_seconds",
+            "Time in the posting call (one round trip: waiting for the row locks dominates it).",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.pool: Gauge = prom.Gauge(
+            "wallet_db_pool_connections",
+            "Database connections of the service's pools, by pool and state.",
+            ["pool", "state"],
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.feed_subscribers: Gauge = prom.Gauge(
+            "wallet_feed_subscribers",
+            "GraphQL balance subscriptions open.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.replica_reads: Counter = prom.Counter(
+            "wallet_replica_reads_total",
+            "Reads that may use the replica, by where they ran and why.",
+            ["target", "reason"],
+            registry=registry,
+        )
+        self._request_children: dict[tuple[str, str, str], Any] = {}
+        self._duration_children: dict[tuple[str, str], Any] = {}
+        self._posting_children: dict[tuple[str, str], Any] = {}
+        self._pools: list[tuple[str, AsyncEngine]] = []
+
+    def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, str(status))
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(*key)
+        child.inc()
+        timed = self._duration_children.get(key[:2])
+        if timed is None:
+            timed = self._duration_children[key[:2]] = self.request_seconds.labels(*key[:2])
+        timed.observe(seconds)
+
+    def posted(self, kind: str, result: object) -> None:
+        """Count a keyed write's result once: its outcome, or a replay (never both)."""
+        replayed = bool(getattr(result, "replayed", False))
+        if replayed:
+            self.replays.inc()
+            record = current_request.get()
+            if record is not None:
+                record.replayed = True
+            return
+        if isinstance(result, Declined):
+            outcome = result.code
+        else:
+            outcome = str(getattr(result, "outcome", "COMPLETED"))
+        key = (kind, outcome)
+        child = self._posting_children.get(key)
+        if child is None:
+            child = self._posting_children[key] = self.postings.labels(*key)
+        child.inc()
+
+    def watch_pool(self, name: str, engine: AsyncEngine) -> None:
+        """Sampled (see `sample`), not counted per checkout: no work on the request path."""
+        self._pools.append((name, engine))
+
+    def sample(self, *, feed_subscribers: int) -> None:
+        """Refresh this process's gauges; the lifespan calls it every second and before a scrape."""
+        for name, engine in self._pools:
+            pool: Any = engine.sync_engine.pool
+            self.pool.labels(name, "in_use").set(pool.checkedout())
+            self.pool.labels(name, "idle").set(pool.checkedin())
+        self.feed_subscribers.set(feed_subscribers)
+
+    def render(self) -> tuple[bytes, str]:
+        """The text exposition of every worker's metrics (this process's, in-process)."""
+        import prometheus_client as prom
+
+        registry = self._registry
+        if registry is None:
+            from prometheus_client import multiprocess
+
+            registry = prom.CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST
+
+    def process_exited(self) -> None:
+        """Drop this worker's live gauges from the shared directory (it stops answering)."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
+    """The template of the route that answered (or would have, for a request refused before
+    routing, such as a 401): Starlette leaves the matched route in the scope."""
+    route = scope.get("route")
+    if route is not None:
+        return str(getattr(route, "path", UNMATCHED))
+    for candidate in routes:
+        match, _ = candidate.matches(scope)
+        if match != Match.NONE:
+            return str(getattr(candidate, "path", UNMATCHED))
+    return UNMATCHED
+
+
+class ObserveMiddleware:
+    """Per HTTP request: its metrics, one access line when `access_log`, and a server span
+    when tracing is on. Pure ASGI; label children and settings are resolved once."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        routes: Sequence[BaseRoute],
+        access_log: bool,
+        tracing: Tracing | None = None,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+        self.access_log = access_log
+        self.tracing = tracing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.tracing is not None:
+            with self.tracing.request_span(scope) as finish:
+                status = await self._observe(scope, receive, send)
+                finish(route_template(scope, self.routes), status)
+            return
+        await self._observe(scope, receive, send)
+
+    async def _observe(self, scope: Scope, receive: Receive, send: Send) -> int:
+        started = time.perf_counter()
+        record = RequestRecord()
+        token = current_request.set(record)
+        status = 500  # unless a response starts: an exception escaping here becomes a 500
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            current_request.reset(token)
+            seconds = time.perf_counter() - started
+            route = route_template(scope, self.routes)
+            self.metrics.request(scope["method"], route, status, seconds)
+            if self.access_log:
+                state = scope.get("state", {})
+                who = state.get("principal")
+                log.info(
+                    "request",
+                    request_id=state.get("request_id"),
+                    principal=(who.name or who.kind) if who is not None else None,
+                    method=scope["method"],
+                    route=route,
+                    status=status,
+                    duration_ms=round(seconds * 1000, 3),
+                    replayed=record.replayed,
+                )
+        return status
