@@ -38,6 +38,8 @@ TRANSACT_KEYS = {
     "balanceBefore",
     "balanceAfter",
     "createdAt",
+    "reference",  # added by Ledger v2: null and {} when not given
+    "metadata",
 }
 HISTORY_KEYS = {
     "transactionId",
@@ -48,7 +50,12 @@ HISTORY_KEYS = {
     "balanceAfter",
     "createdAt",
     "principal",  # added by the security issue: who made the transaction ("" when open)
+    "reference",  # added by Ledger v2
+    "metadata",
+    "counterpartyUserId",
+    "reversesTransactionId",
 }
+BALANCE_KEYS = {"id", "slug", "name", "balance", "decimals", "available", "held"}
 
 Json = dict[str, Any]
 
@@ -293,10 +300,18 @@ async def test_balance_of_seeded_users(client: httpx.AsyncClient, user: str, gol
     assert isinstance(rows, list)
     gold_rows = [row for row in rows if row["slug"] == "gold_coins"]
     assert gold_rows == [
-        {"id": gold_rows[0]["id"], "slug": "gold_coins", "name": "Gold Coins", "balance": gold}
+        {
+            "id": gold_rows[0]["id"],
+            "slug": "gold_coins",
+            "name": "Gold Coins",
+            "decimals": 0,
+            "balance": gold,
+            "available": gold,
+            "held": "0",
+        }
     ]
     for row in rows:
-        assert set(row) == {"id", "slug", "name", "balance"}
+        assert set(row) == BALANCE_KEYS
         assert type(row["id"]) is int
         assert is_digits(row["balance"])
 

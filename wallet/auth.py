@@ -32,7 +32,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -92,6 +92,18 @@ class Principal:
             return True
         return self.user_id == user_id and tx_type == "SPEND" and user_can_spend
 
+    def may_transfer(self, from_user_id: uuid.UUID, *, user_can_transfer: bool) -> bool:
+        """A key needs `transact`; an end-user token may move coins out of its own wallet only,
+        and only when WALLET_USER_CAN_TRANSFER allows it."""
+        if self.can("transact"):
+            return True
+        return user_can_transfer and self.user_id is not None and self.user_id == from_user_id
+
+    def may_read_transaction(self, user_ids: Iterable[uuid.UUID | None]) -> bool:
+        """`user_ids`: the users of a transaction's entries (None for system accounts). `read`
+        reads any; an end-user token one with an entry on its own wallet."""
+        return self.can("read") or (self.user_id is not None and self.user_id in set(user_ids))
+
     def shown_principal(self, recorded: str) -> str:
         """Who made a transaction, as this caller may see it: an end user sees its own
         `user:<id>` and `service` for anyone else (key names describe our back ends)."""
@@ -113,6 +125,21 @@ class Principal:
     ) -> None:
         if not self.may_transact(user_id, tx_type, user_can_spend=user_can_spend):
             raise Forbidden(f"These credentials may not {tx_type} on this wallet.")
+
+    def require_transfer(self, from_user_id: uuid.UUID, *, user_can_transfer: bool) -> None:
+        if not self.may_transfer(from_user_id, user_can_transfer=user_can_transfer):
+            raise Forbidden("These credentials may not TRANSFER from this wallet.")
+
+    def require_reverse(self) -> None:
+        """Only a key with `transact` reverses: an end-user token never does."""
+        self.require("transact")
+
+    def require_transaction_reader(self, user_ids: Iterable[uuid.UUID | None] | None) -> None:
+        """`None`: no such transaction. A caller that may not read every transaction gets the
+        same FORBIDDEN for an unknown id as for another's, so it cannot probe which ids exist
+        (whoever may read it is told TRANSACTION_NOT_FOUND by the caller of this check)."""
+        if not self.may_read_transaction(user_ids or ()):
+            raise Forbidden("These credentials may not read this transaction.")
 
 
 ANONYMOUS: Final = Principal("anonymous", "", frozenset(SCOPES))

@@ -103,7 +103,8 @@ def map_database_error(error: Exception) -> WalletError | None:
 
 async def handle_wallet_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WalletError)
-    return error_response(exc)
+    # A refusal the ledger stored for this Idempotency-Key, given again.
+    return error_response(exc, headers={"Idempotent-Replayed": "true"} if exc.replayed else None)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:

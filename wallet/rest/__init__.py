@@ -2,6 +2,13 @@
 
 from starlette.routing import Route
 
-from wallet.rest import admin, health, wallet
+from wallet.rest import admin, assets, health, transactions, transfers, wallet
 
-routes: list[Route] = [*health.routes, *wallet.routes, *admin.routes]
+routes: list[Route] = [
+    *health.routes,
+    *wallet.routes,
+    *transfers.routes,
+    *transactions.routes,
+    *assets.routes,
+    *admin.routes,
+]

@@ -1,56 +1,68 @@
-"""Wallet routes (seed-compatible): balances, TOPUP/SPEND/BONUS, history."""
+"""Wallet routes (seed-compatible, plus v2's fields): balances (now or at an instant),
+TOPUP/SPEND/BONUS, history with filters."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from wallet import ledger
-from wallet.errors import (
-    IdempotencyKeyMissing,
-    InsufficientFunds,
-)
-from wallet.http import JSONResponse, error_response, iso, ok, read_json_object
+from wallet.http import JSONResponse, iso, ok, read_json_object
 from wallet.inputs import (
     parse_amount,
     parse_asset_slug,
-    parse_idempotency_key,
+    parse_instant,
+    parse_metadata,
+    parse_metadata_filters,
     parse_positive_int,
+    parse_reference,
+    parse_transaction_type,
     parse_tx_type,
     parse_user_id,
 )
 from wallet.resources import post, principal, read, resources
+from wallet.rest.common import idempotency_key, optional_id, query_param, replayed_header
+
+
+def in_stored_order(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata keys in the order PostgreSQL's jsonb keeps them (shorter first, then bytewise),
+    so an answer built from a request reads like one built from the stored row."""
+    return dict(sorted(metadata.items(), key=lambda item: (len(item[0]), item[0])))
+
+
+def balance_row(b: ledger.Balance) -> dict[str, Any]:
+    return {
+        "id": b.account_id,
+        "slug": b.asset.slug,
+        "name": b.asset.name,
+        "decimals": b.asset.decimals,
+        "balance": str(b.amount),
+        "available": str(b.available),
+        "held": str(b.held),
+    }
 
 
 async def get_balance(request: Request) -> Response:
     user_id = parse_user_id(request.path_params["userId"])
     principal(request).require_wallet_reader(user_id)
-    found = await read(resources(request), lambda conn: ledger.balances(conn, user_id))
-    return ok(
-        [
-            {
-                "id": b.account_id,
-                "slug": b.asset.slug,
-                "name": b.asset.name,
-                "balance": str(b.amount),
-            }
-            for b in found
-        ]
-    )
+    raw_at = query_param(request, "at")
+    at = parse_instant(raw_at, field="at", not_future=True) if raw_at is not None else None
+    if at is None:
+        found = await read(resources(request), lambda conn: ledger.balances(conn, user_id))
+    else:
+        found = await read(resources(request), lambda conn: ledger.balances_at(conn, user_id, at))
+    return ok([balance_row(b) for b in found])
 
 
 def _outcome_response(outcome: ledger.TransactOutcome) -> Response:
-    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+    refused = ledger.refusal(outcome)
+    if refused is not None:
+        raise refused  # stored with the key: the error handler marks a replayed refusal
     req = outcome.request
-    if outcome.outcome == "INSUFFICIENT_FUNDS":
-        return error_response(
-            InsufficientFunds(
-                f"Insufficient funds: the balance is {outcome.balance_before},"
-                f" the SPEND needs {req.amount}."
-            ),
-            headers=headers,
-        )
     return ok(
         {
             "transactionId": str(outcome.transaction_id),
@@ -61,24 +73,25 @@ def _outcome_response(outcome: ledger.TransactOutcome) -> Response:
             "amount": req.amount,
             "balanceBefore": str(outcome.balance_before),
             "balanceAfter": str(outcome.balance_after),
+            "reference": req.reference,
+            "metadata": in_stored_order(req.metadata),
             "createdAt": iso(outcome.created_at),
         },
-        headers=headers,
+        headers=replayed_header(outcome.replayed),
     )
 
 
 async def post_transact(request: Request) -> Response:
     res = resources(request)
-    raw_key = request.headers.get("idempotency-key")
-    if raw_key is None:
-        raise IdempotencyKeyMissing("The Idempotency-Key header is required.")
-    key = parse_idempotency_key(raw_key)
+    key = idempotency_key(request)
     body = await read_json_object(request)
     tx = ledger.TransactRequest(
         user_id=parse_user_id(body.get("userId")),
         amount=parse_amount(body.get("amount")),
         asset_slug=parse_asset_slug(body.get("assetSlug")),
         type=parse_tx_type(body.get("type")),
+        reference=parse_reference(body.get("reference")),
+        metadata=parse_metadata(body.get("metadata")),
     )
     who = principal(request)
     who.require_transact(tx.user_id, tx.type, user_can_spend=res.settings.user_can_spend)
@@ -88,24 +101,35 @@ async def post_transact(request: Request) -> Response:
     return _outcome_response(outcome)
 
 
+def history_filter(request: Request) -> ledger.HistoryFilter:
+    """The history's filters, ANDed: assetSlug, type, reference, metadata.<key>, from, to."""
+    slug = query_param(request, "assetSlug")
+    kind = query_param(request, "type")
+    reference = query_param(request, "reference")
+    since = query_param(request, "from")
+    until = query_param(request, "to")
+    return ledger.HistoryFilter(
+        asset_slug=parse_asset_slug(slug) if slug is not None else None,
+        type=parse_transaction_type(kind) if kind is not None else None,
+        reference=parse_reference(reference) if reference is not None else None,
+        metadata=parse_metadata_filters(request.query_params.multi_items()),
+        since=parse_instant(since, field="from") if since is not None else None,
+        until=parse_instant(until, field="to") if until is not None else None,
+    )
+
+
 async def get_transactions(request: Request) -> Response:
     user_id = parse_user_id(request.path_params["userId"])
-    principal(request).require_wallet_reader(user_id)
-    raw_limit = request.query_params.get("limit")
+    who = principal(request)
+    who.require_wallet_reader(user_id)
+    raw_limit = query_param(request, "limit")
     limit = 20 if raw_limit is None else parse_positive_int(raw_limit, field="limit", maximum=100)
-    cursor = request.query_params.get("cursor")
+    cursor = query_param(request, "cursor")
     before = ledger.decode_cursor(cursor) if cursor else None
-    slug = request.query_params.get("assetSlug")
-    asset_slug = parse_asset_slug(slug) if slug is not None else None
+    filters = history_filter(request)
     page = await read(
         resources(request),
-        lambda conn: ledger.history(
-            conn,
-            user_id,
-            limit=limit,
-            before=before,
-            filters=ledger.HistoryFilter(asset_slug=asset_slug),
-        ),
+        lambda conn: ledger.history(conn, user_id, limit=limit, before=before, filters=filters),
     )
     data = [
         {
@@ -115,7 +139,11 @@ async def get_transactions(request: Request) -> Response:
             "amount": item.amount,
             "direction": item.direction,
             "balanceAfter": str(item.balance_after),
-            "principal": principal(request).shown_principal(item.principal),
+            "principal": who.shown_principal(item.principal),
+            "reference": item.reference,
+            "metadata": item.metadata,
+            "counterpartyUserId": optional_id(item.counterparty_user_id),
+            "reversesTransactionId": optional_id(item.reverses_transaction_id),
             "createdAt": iso(item.created_at),
         }
         for item in page.items
