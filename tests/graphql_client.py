@@ -33,14 +33,129 @@ mutation Transact($input: TransactInput!) {
 """
 
 
+BALANCE = "asset { slug } amount held available"
+TRANSACTION = "id type amount reference metadata reason principal reverses { id }"
+_MEMBER_FIELDS = {
+    "InsufficientFunds": f"balance {{ {BALANCE} }} requested available",
+    "InvalidInput": "field",
+    "IdempotencyKeyReused": "originalTransactionId",
+    "ReversalExceedsOriginal": "remainingReversible",
+    "HoldNotActive": "status",
+    "BatchFailed": "index operationCode",
+}
+
+
+def failures(*members: str) -> str:
+    """`code message` of every Error, plus the fields of those `members` (of the union) add."""
+    spreads = [f"... on {m} {{ {_MEMBER_FIELDS[m]} }}" for m in members]
+    return "\n".join(["... on Error { code message }", *spreads])
+
+
+TRANSFER = f"""
+mutation Transfer($input: TransferInput!) {{
+  transfer(input: $input) {{
+    __typename
+    ... on TransferSuccess {{
+      replayed transaction {{ {TRANSACTION} }} from {{ {BALANCE} }} to {{ {BALANCE} }}
+    }}
+    {failures("InsufficientFunds", "InvalidInput", "IdempotencyKeyReused")}
+  }}
+}}
+"""
+_REVERSE_FAILURES = failures(
+    "InsufficientFunds", "InvalidInput", "IdempotencyKeyReused", "ReversalExceedsOriginal"
+)
+REVERSE = f"""
+mutation Reverse($input: ReverseInput!) {{
+  reverse(input: $input) {{
+    __typename
+    ... on ReverseSuccess {{
+      replayed remainingReversible transaction {{ {TRANSACTION} }}
+      reverses {{ id reversedAmount reversals {{ id }} }}
+    }}
+    {_REVERSE_FAILURES}
+  }}
+}}
+"""
+HOLD = (
+    "id status amount capturedAmount expiresAt userId user { userId } asset { slug }"
+    " reference metadata createdAt transaction { id type amount }"
+)
+HOLD_RESULT = f"""
+    __typename
+    ... on HoldSuccess {{ replayed hold {{ {HOLD} }} balance {{ {BALANCE} }} }}
+    {failures("InsufficientFunds", "InvalidInput", "IdempotencyKeyReused", "HoldNotActive")}
+"""
+CREATE_HOLD = f"""
+mutation Hold($input: CreateHoldInput!) {{ createHold(input: $input) {{ {HOLD_RESULT} }} }}
+"""
+CAPTURE_HOLD = f"""
+mutation Capture($input: CaptureHoldInput!) {{ captureHold(input: $input) {{ {HOLD_RESULT} }} }}
+"""
+VOID_HOLD = f"""
+mutation Void($input: VoidHoldInput!) {{ voidHold(input: $input) {{ {HOLD_RESULT} }} }}
+"""
+BATCH = f"""
+mutation Batch($input: TransactBatchInput!) {{
+  transactBatch(input: $input) {{
+    __typename
+    ... on BatchSuccess {{
+      replayed
+      results {{
+        __typename
+        ... on TransactSuccess {{
+          replayed transaction {{ {TRANSACTION} }} balance {{ {BALANCE} }}
+        }}
+        ... on TransferSuccess {{
+          replayed transaction {{ {TRANSACTION} }} from {{ {BALANCE} }} to {{ {BALANCE} }}
+        }}
+        {failures("InsufficientFunds", "IdempotencyKeyReused")}
+      }}
+    }}
+    {failures("BatchFailed", "InvalidInput", "IdempotencyKeyReused")}
+  }}
+}}
+"""
+CREATE_ASSET = f"""
+mutation Asset($input: CreateAssetInput!) {{
+  createAsset(input: $input) {{
+    __typename
+    ... on CreateAssetSuccess {{ created asset {{ slug name decimals }} }}
+    {failures("InvalidInput")}
+  }}
+}}
+"""
+
+
 async def gql(
-    client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None
+    client: httpx.AsyncClient,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    *,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    response = await client.post("/graphql", json={"query": query, "variables": variables or {}})
+    response = await client.post(
+        "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+    )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/json")
     body: dict[str, Any] = response.json()
     return body
+
+
+async def mutate(
+    client: httpx.AsyncClient,
+    query: str,
+    input: dict[str, Any],
+    *,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run a one-field mutation with `$input`; its result (the union member), never errors."""
+    body = await gql(client, query, {"input": input}, headers=headers)
+    assert "errors" not in body, body
+    (result,) = body["data"].values()
+    assert isinstance(result, dict)
+    return result
 
 
 async def transact(

@@ -41,6 +41,7 @@ class BalanceEvent:
     asset_slug: str
     amount: int
     version: int
+    held: int = 0  # a hold changes it without an entry, so without a new version
 
 
 class Resync:
@@ -101,6 +102,7 @@ class BalanceFeed:
             asset_slug=data["assetSlug"],
             amount=int(data["balance"]),
             version=int(data["version"]),
+            held=int(data.get("held", 0)),
         )
         for queue in self._subscribers.get(event.user_id, ()):
             queue.put_nowait(event)

@@ -25,6 +25,15 @@ class NotANumber:
     def __repr__(self) -> str:
         return f"NotANumber({self.text[:20]!r})"
 
+    def __inspect__(self) -> str:
+        """How graphql-core names it in an error message (else `<NotANumber instance>`)."""
+        shown = (
+            self.text
+            if len(self.text) <= 20
+            else f"{self.text[:20]}... ({len(self.text)} characters)"
+        )
+        return f"a number JSON cannot carry exactly: {shown}"
+
 
 class DuplicateKey(ValueError):
     def __init__(self, key: str) -> None:

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     user_can_spend: bool = False  # may an end-user token SPEND from its own wallet?
+    user_can_transfer: bool = False  # may an end-user token TRANSFER from its own wallet?
     auth_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     rate_limit_per_second: float = Field(default=0, ge=0)  # per principal and process; 0: off
     rate_limit_burst: int = Field(default=0, ge=0)  # 0: one second's worth

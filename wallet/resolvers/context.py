@@ -39,6 +39,21 @@ class Loaders:
     users: DataLoader[uuid.UUID, ledger.UserRecord | None]
     balances: DataLoader[uuid.UUID, list[ledger.Balance] | None]
     transactions: DataLoader[uuid.UUID, ledger.TransactionRecord | None]
+    entries: DataLoader[uuid.UUID, list[ledger.EntryRecord] | None]
+    reversals: DataLoader[uuid.UUID, list[ledger.TransactionRecord] | None]
+    holds: DataLoader[uuid.UUID, ledger.HoldView | None]
+
+    def forget(self) -> None:
+        """Drop what this request has read: a write just changed it."""
+        for loader in (
+            self.users,
+            self.balances,
+            self.transactions,
+            self.entries,
+            self.reversals,
+            self.holds,
+        ):
+            loader.clear_all()
 
 
 Guard = Callable[[Principal], None]  # raises Forbidden when the principal may not go on
@@ -82,6 +97,9 @@ def build_context(
         users=_loader(resources, ledger.users_by_id),
         balances=_loader(resources, ledger.balances_by_user),
         transactions=_loader(resources, ledger.transactions_by_id),
+        entries=_loader(resources, ledger.entries_by_transaction, list),
+        reversals=_loader(resources, ledger.reversals_by_original, list),
+        holds=_loader(resources, lambda conn, ids: ledger.holds_by_id(conn, list(ids))),
     )
     if request_id is None:
         return Context(resources=resources, loaders=loaders, principal=principal)

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
 
 from wallet import ledger
 from wallet.errors import AssetNotFound, ValidationError
 from wallet.feed import BalanceEvent
 from wallet.inputs import (
-    TxType,
+    TransactionType,
     parse_amount,
     parse_asset_slug,
     parse_idempotency_key,
+    parse_metadata,
+    parse_reference,
+    parse_tx_type,
 )
+from wallet.resolvers.common import metadata_filter, posting
 from wallet.resolvers.context import Context
-from wallet.resources import read, with_connection
+from wallet.resources import read
 
 MAX_PAGE = 100
 PAGE = 500  # missed balance changes read at a time
@@ -26,8 +32,23 @@ async def user(ctx: Context, user_id: uuid.UUID) -> ledger.UserRecord | None:
     return await ctx.loaders.users.load(user_id)
 
 
-async def balances(ctx: Context, user_id: uuid.UUID) -> list[ledger.Balance]:
-    return await ctx.loaders.balances.load(user_id) or []
+async def balances(
+    ctx: Context, user_id: uuid.UUID, at: datetime | None = None
+) -> list[ledger.Balance]:
+    """The wallet's balances now (batched), or as they stood at `at` (not in the future)."""
+    if at is None:
+        return await ctx.loaders.balances.load(user_id) or []
+    if at > datetime.now(UTC):
+        raise ValidationError("at must not be in the future.", field="at")
+    return await read(ctx.resources, lambda conn: ledger.balances_at(conn, user_id, at))
+
+
+async def balance(ctx: Context, user_id: uuid.UUID, asset_id: int) -> ledger.Balance | None:
+    """The wallet's account in one asset now (batched with every other wallet's)."""
+    for found in await balances(ctx, user_id):
+        if found.asset.id == asset_id:
+            return found
+    return None
 
 
 async def asset(ctx: Context, asset_id: int) -> ledger.AssetInfo:
@@ -49,13 +70,17 @@ async def assets(ctx: Context) -> list[ledger.AssetInfo]:
 
 
 async def transaction(ctx: Context, transaction_id: uuid.UUID) -> ledger.TransactionRecord | None:
-    """A key needs the read scope; an end user reads the transactions of its own wallet, and
-    gets None for anyone else's, as for an unknown id: it cannot tell the two apart."""
+    """A key needs the read scope; an end user reads a transaction one of whose entries is its
+    own wallet (a TRANSFER's recipient too), and gets None for anyone else's, as for an unknown
+    id: it cannot tell the two apart."""
     who = ctx.who()
     if who.user_id is None:
         who.require("read")
     found = await ctx.loaders.transactions.load(transaction_id)
-    return found if found is not None and who.may_read_wallet(found.user_id) else None
+    if found is None or who.can("read"):
+        return found
+    entries = await ctx.loaders.entries.load(found.id) or []
+    return found if any(e.user_id == who.user_id for e in entries) else None
 
 
 async def ledger_page(
@@ -65,17 +90,27 @@ async def ledger_page(
     first: int,
     after: str | None,
     asset_slug: str | None,
-    tx_type: TxType | None,
+    tx_type: TransactionType | None,
+    reference: str | None = None,
+    metadata: object = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> ledger.HistoryPage:
+    """A page of the wallet's entries; the filters are ANDed, every metadata key must match."""
     if not 1 <= first <= MAX_PAGE:
         raise ValidationError(f"first must be from 1 to {MAX_PAGE}.", field="first")
     before = ledger.decode_cursor(after) if after else None
-    slug = parse_asset_slug(asset_slug) if asset_slug is not None else None
+    filters = ledger.HistoryFilter(
+        asset_slug=parse_asset_slug(asset_slug) if asset_slug is not None else None,
+        type=tx_type,
+        reference=parse_reference(reference),
+        metadata=metadata_filter(metadata),
+        since=since,
+        until=until,
+    )
     return await read(
         ctx.resources,
-        lambda conn: ledger.history(
-            conn, user_id, limit=first, before=before, asset_slug=slug, tx_type=tx_type
-        ),
+        lambda conn: ledger.history(conn, user_id, limit=first, before=before, filters=filters),
     )
 
 
@@ -85,24 +120,28 @@ async def transact(
     user_id: uuid.UUID,
     amount: int,
     asset_slug: str,
-    tx_type: TxType,
+    tx_type: str,
     idempotency_key: str,
+    reference: str | None = None,
+    metadata: object = None,
 ) -> ledger.TransactOutcome:
-    """The same posting as REST's, field errors and all; raises the same WalletErrors."""
+    """The same posting as REST's, field errors and all; raises the same WalletErrors. A
+    refusal is an outcome (see `ledger.refusal`): it was stored with the key."""
     request = ledger.TransactRequest(
         user_id=user_id,
         amount=parse_amount(amount),
         asset_slug=parse_asset_slug(asset_slug),
-        type=tx_type,
+        type=parse_tx_type(tx_type),
+        reference=parse_reference(reference),
+        metadata=parse_metadata(metadata),
     )
     key = parse_idempotency_key(idempotency_key, field="idempotencyKey")
     who = ctx.who()
-    who.require_transact(user_id, tx_type, user_can_spend=ctx.resources.settings.user_can_spend)
-    return await with_connection(
-        ctx.resources.autocommit,
-        lambda conn: ledger.transact(conn, request, key=key, principal=who.name),
-        begin=False,
-        retry=True,  # keyed by idempotencyKey: a retry of a committed posting replays it
+    who.require_transact(
+        user_id, request.type, user_can_spend=ctx.resources.settings.user_can_spend
+    )
+    return await posting(
+        ctx, lambda conn: ledger.transact(conn, request, key=key, principal=who.name)
     )
 
 
@@ -112,42 +151,72 @@ async def balance_changes(
     """Every change of the user's balances (optionally one asset) committed after the feed
     listens for this subscriber, each pushed once, in version order.
 
-    The versions read once the feed listens are the start. A notification one version past
-    what was pushed is pushed as it is; a resync (the listener restarted) or a notification
-    that skips versions reads the missed changes from the entries and pushes each of them;
-    anything older is a duplicate and dropped. The principal must stay allowed to read the
-    wallet for as long as the subscription runs (see `Context.guarded`).
+    The balances read once the feed listens are the start. A notification one version past
+    what was pushed is pushed as it is; so is one of the same version that holds another amount
+    (a hold was made, captured, voided or expired: `held` and `available` changed, the entries
+    did not). A resync (the listener restarted) or a notification that skips versions reads the
+    missed changes from the entries and pushes each of them; anything else is a duplicate and
+    dropped. The principal must stay allowed to read the wallet for as long as the subscription
+    runs (see `Context.guarded`).
     """
     with ctx.guarded(lambda who: who.require_wallet_reader(user_id)):
         if asset_slug is not None and await asset_by_slug(ctx, asset_slug) is None:
             raise AssetNotFound(f"Asset {asset_slug!r} not found.")
         async with ctx.resources.feed.subscribe(user_id) as queue:
-            pushed = {b.account_id: b.version for b in await _fresh_balances(ctx, user_id)}
+            pushed = {b.account_id: b for b in await _fresh_balances(ctx, user_id)}
             while True:
                 item = await queue.get()
                 if isinstance(item, BalanceEvent):
                     if asset_slug not in (None, item.asset_slug):
                         continue
-                    last = pushed.get(item.account_id, 0)
-                    if item.version <= last:
+                    last = pushed.get(item.account_id)
+                    version, held = (last.version, last.held) if last else (0, 0)
+                    if item.version < version or (item.version, item.held) == (version, held):
                         continue
                     info = await asset_by_slug(ctx, item.asset_slug)
-                    if item.version == last + 1 and info is not None:
-                        pushed[item.account_id] = item.version
-                        yield ledger.Balance(item.account_id, info, item.amount, item.version)
-                        continue
-                while True:  # a resync or a gap: every change since what was pushed
-                    missed = await read(
-                        ctx.resources,
-                        lambda conn: ledger.balance_changes_after(
-                            conn, user_id, after=dict(pushed), asset_slug=asset_slug, limit=PAGE
-                        ),
-                    )
-                    for change in missed:
-                        pushed[change.account_id] = change.version
+                    if item.version in (version, version + 1) and info is not None:
+                        change = ledger.Balance(
+                            item.account_id, info, item.amount, item.version, item.held
+                        )
+                        pushed[item.account_id] = change
                         yield change
-                    if len(missed) < PAGE:
-                        break
+                        continue
+                async for change in _resync(ctx, user_id, asset_slug, pushed):
+                    yield change
+
+
+async def _resync(
+    ctx: Context, user_id: uuid.UUID, asset_slug: str | None, pushed: dict[int, ledger.Balance]
+) -> AsyncIterator[ledger.Balance]:
+    """Every change since what was pushed, read from the entries. Entries do not record what
+    was held, so each carries what its account holds now (read first); then an account whose
+    holds alone changed is pushed once more, as it is now."""
+    now = {b.account_id: b for b in await _fresh_balances(ctx, user_id)}
+    while True:
+        missed = await read(
+            ctx.resources,
+            lambda conn: ledger.balance_changes_after(
+                conn,
+                user_id,
+                after={account: b.version for account, b in pushed.items()},
+                asset_slug=asset_slug,
+                limit=PAGE,
+            ),
+        )
+        for change in missed:
+            current = now.get(change.account_id)
+            change = replace(change, held=current.held if current else 0)
+            pushed[change.account_id] = change
+            yield change
+        if len(missed) < PAGE:
+            break
+    for current in now.values():
+        last = pushed.get(current.account_id)
+        if asset_slug not in (None, current.asset.slug) or last is None:
+            continue
+        if last.version == current.version and last.held != current.held:
+            pushed[current.account_id] = current
+            yield current
 
 
 async def _fresh_balances(ctx: Context, user_id: uuid.UUID) -> list[ledger.Balance]:

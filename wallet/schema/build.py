@@ -26,8 +26,8 @@ from strawberry.types.graphql import OperationType
 from wallet.errors import WalletError
 from wallet.http import map_database_error
 from wallet.schema.limits import TOO_COMPLEX, Limits, limits_rule
+from wallet.schema.root import Mutation, Query, Subscription
 from wallet.schema.scalars import SCALARS
-from wallet.schema.types import Mutation, Query, Subscription
 from wallet.schema.validation import DocumentValidator, ValidateDocuments
 from wallet.settings import Settings
 

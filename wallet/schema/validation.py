@@ -12,7 +12,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from graphql import ASTValidationRule, DocumentNode, GraphQLError, GraphQLSchema, validate
+from graphql import (
+    ASTValidationRule,
+    DocumentNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    validate,
+)
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
@@ -60,7 +67,9 @@ class DocumentValidator:
 
 
 class ValidateDocuments(SchemaExtension):
-    """Replaces Strawberry's validation step (and its ValidationCache) with the validator's."""
+    """Replaces Strawberry's validation step (and its ValidationCache) with the validator's, and
+    refuses a document of several operations that names none to run (Strawberry would run the
+    first; the specification says it is an error)."""
 
     def __init__(self, validator: DocumentValidator) -> None:
         self.validator = validator
@@ -68,10 +77,27 @@ class ValidateDocuments(SchemaExtension):
     def on_validate(self) -> Iterator[None]:
         context = self.execution_context
         assert context.graphql_document is not None  # validation follows a successful parse
-        context.pre_execution_errors = self.validator.validate(
+        errors = self.validator.validate(
             context.schema._schema,
             context.graphql_document,
             context.validation_rules,
             context.query,
         )
+        # The name the client sent, not Strawberry's guess (the first operation's name).
+        if not errors and context._provided_operation_name is None:
+            operations = [
+                d
+                for d in context.graphql_document.definitions
+                if isinstance(d, OperationDefinitionNode)
+            ]
+            if len(operations) > 1:
+                errors = [
+                    GraphQLError(
+                        "The document holds several operations: operationName must name the"
+                        " one to run.",
+                        nodes=operations,
+                        extensions={"code": "VALIDATION_ERROR"},
+                    )
+                ]
+        context.pre_execution_errors = errors
         yield

@@ -1,0 +1,56 @@
+"""What every write resolver shares: how a posting runs, and the rules no Principal method says."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from wallet.auth import Principal
+from wallet.errors import Forbidden, ValidationError
+from wallet.inputs import parse_metadata
+from wallet.resolvers.context import Context
+from wallet.resources import with_connection
+
+T = TypeVar("T")
+
+
+async def posting(ctx: Context, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run one keyed posting function: one statement on an autocommit connection, so it is its
+    own database transaction and its stored answer (a refusal too: the ledger returns those
+    rather than raise them) commits with it. Safe to retry once: a retry of a posting that did
+    commit replays it. What this request read before is forgotten: the posting changed it."""
+    try:
+        return await with_connection(ctx.resources.autocommit, work, begin=False, retry=True)
+    finally:
+        ctx.loaders.forget()
+
+
+def require_transfer(who: Principal, from_user_id: uuid.UUID, *, user_can_transfer: bool) -> None:
+    """A key needs `transact`; an end-user token may move coins out of its own wallet only, and
+    only when WALLET_USER_CAN_TRANSFER allows it."""
+    if who.can("transact") or (user_can_transfer and who.user_id == from_user_id):
+        return
+    raise Forbidden("These credentials may not TRANSFER from this wallet.")
+
+
+def metadata_filter(value: object, *, field: str = "metadata") -> dict[str, str]:
+    """History filters by metadata: a flat object like a transaction's, each value matched by its
+    text (`{"level": 3}` and `{"level": "3"}` both find 3 and "3"), as REST's `metadata.<key>`."""
+    parsed = parse_metadata(value, field=field)
+    return {key: _text(item) for key, item in parsed.items()}
+
+
+def _text(value: str | int | bool | None) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def distinct_users(from_user_id: uuid.UUID, to_user_id: uuid.UUID, *, field: str) -> None:
+    if from_user_id == to_user_id:
+        raise ValidationError(f"{field} must be another user than the sender.", field=field)

@@ -1,0 +1,252 @@
+"""Transactions, their entries, and a wallet's ledger (its entries, newest first)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+import strawberry
+from strawberry.scalars import JSON
+
+from wallet import ledger
+from wallet.resolvers import transactions as resolve
+from wallet.resolvers import wallet as resolve_wallet
+from wallet.schema.scalars import Amount
+from wallet.schema.types import AccountKind, Asset, Ctx, Direction, PageInfo, TransactionType
+
+if TYPE_CHECKING:
+    from wallet.schema.wallets import Wallet
+
+WalletRef = Annotated["Wallet", strawberry.lazy("wallet.schema.wallets")]
+
+
+async def _wallet(info: Ctx, user_id: uuid.UUID | None) -> Wallet | None:
+    from wallet.schema.wallets import Wallet
+
+    found = await resolve.readable_user(info.context, user_id) if user_id else None
+    return Wallet.of(found) if found is not None else None
+
+
+@strawberry.type(description="One leg of a transaction: a debit or a credit of one account.")
+class Entry:
+    user_id: uuid.UUID | None = strawberry.field(description="Null for a system account.")
+    account_kind: AccountKind
+    direction: Direction
+    amount: Amount
+    balance_after: Amount | None = strawberry.field(
+        description=(
+            "The wallet's balance after this entry; null for the Treasury (its entries land on"
+            " one of its shards) and for wallets these credentials may not read."
+        )
+    )
+
+    @strawberry.field(description="The wallet, if these credentials may read it.")
+    async def user(self, info: Ctx) -> WalletRef | None:
+        return await _wallet(info, self.user_id)
+
+
+@strawberry.type
+class Transaction:
+    id: uuid.UUID
+    type: TransactionType
+    amount: Amount
+    created_at: datetime
+    reference: str | None = strawberry.field(description="The caller's own id for it.")
+    metadata: JSON = strawberry.field(description="A flat object; {} when none was given.")
+    asset_id: strawberry.Private[int]
+    recorded_principal: strawberry.Private[str]
+    user_id: strawberry.Private[uuid.UUID]  # the first user: a TRANSFER's sender
+    reverses_id: strawberry.Private[uuid.UUID | None]
+    # The wallet whose side `counterparty` is seen from (None: the caller's, else the first
+    # user's), and the counterparty when it is known already (a ledger page reads it).
+    viewpoint: strawberry.Private[uuid.UUID | None] = None
+    counterparty_id: strawberry.Private[uuid.UUID | None] = None
+    counterparty_known: strawberry.Private[bool] = False
+    known_reason: strawberry.Private[str | None] = None
+    reason_known: strawberry.Private[bool] = True  # a ledger page does not read reasons
+
+    @classmethod
+    def of(
+        cls, record: ledger.TransactionRecord, *, viewpoint: uuid.UUID | None = None
+    ) -> Transaction:
+        return cls(
+            id=record.id,
+            type=TransactionType(record.type),
+            amount=Amount(record.amount),
+            created_at=record.created_at,
+            reference=record.reference,
+            metadata=JSON(dict(record.metadata)),
+            known_reason=record.reason,
+            asset_id=record.asset_id,
+            recorded_principal=record.principal,
+            user_id=record.user_id,
+            reverses_id=record.reverses_id,
+            viewpoint=viewpoint,
+        )
+
+    @classmethod
+    def posted(
+        cls,
+        *,
+        id: uuid.UUID,
+        type: TransactionType,
+        amount: int,
+        created_at: datetime,
+        asset_id: int,
+        principal: str,
+        user_id: uuid.UUID,
+        reference: str | None = None,
+        metadata: ledger.Metadata | None = None,
+        reason: str | None = None,
+        reverses_id: uuid.UUID | None = None,
+    ) -> Transaction:
+        """A transaction as a write's answer describes it."""
+        return cls(
+            id=id,
+            type=type,
+            amount=Amount(amount),
+            created_at=created_at,
+            reference=reference,
+            metadata=JSON(dict(metadata or {})),
+            known_reason=reason,
+            asset_id=asset_id,
+            recorded_principal=principal,
+            user_id=user_id,
+            reverses_id=reverses_id,
+        )
+
+    @strawberry.field(
+        description=(
+            "Who made it: an API key's name, or user:<id> for an end-user token. An end user"
+            " sees its own user:<id>, and `service` for anyone else."
+        )
+    )
+    def principal(self, info: Ctx) -> str:
+        return info.context.who().shown_principal(self.recorded_principal)
+
+    @strawberry.field(description="Why a REVERSAL was made (its caller's words).")
+    async def reason(self, info: Ctx) -> str | None:
+        if self.reason_known or self.type is not TransactionType.REVERSAL:
+            return self.known_reason
+        found = await resolve.record(info.context, self.id)
+        return found.reason if found is not None else None
+
+    @strawberry.field
+    async def asset(self, info: Ctx) -> Asset:
+        return Asset.of(await resolve_wallet.asset(info.context, self.asset_id))
+
+    @strawberry.field(description="The transaction a REVERSAL reverses.")
+    async def reverses(self, info: Ctx) -> Transaction | None:
+        if self.reverses_id is None:
+            return None
+        found = await resolve.record(info.context, self.reverses_id)
+        return Transaction.of(found, viewpoint=self.viewpoint) if found is not None else None
+
+    @strawberry.field(description="Its reversals, oldest first.")
+    async def reversals(self, info: Ctx) -> list[Transaction]:
+        found = await resolve.reversals(info.context, self.id)
+        return [Transaction.of(r, viewpoint=self.viewpoint) for r in found]
+
+    @strawberry.field(description="How much of it its reversals moved back.")
+    async def reversed_amount(self, info: Ctx) -> Amount:
+        return Amount(sum(r.amount for r in await resolve.reversals(info.context, self.id)))
+
+    @strawberry.field(description="Its debits and credits; they add up to `amount` each.")
+    async def entries(self, info: Ctx) -> list[Entry]:
+        who = info.context.who()
+        return [
+            Entry(
+                user_id=e.user_id,
+                account_kind=AccountKind(e.account_kind),
+                direction=Direction(e.direction),
+                amount=Amount(e.amount),
+                balance_after=Amount(e.balance_after)
+                if e.user_id is not None and who.may_read_wallet(e.user_id)
+                else None,
+            )
+            for e in await resolve.entries(info.context, self.id)
+        ]
+
+    @strawberry.field(
+        description=(
+            "The other wallet of a TRANSFER (or of its reversal), seen from the wallet whose"
+            " ledger lists it (else the caller's own, else the sender's); null otherwise, and"
+            " for wallets these credentials may not read."
+        )
+    )
+    async def counterparty(self, info: Ctx) -> WalletRef | None:
+        other = self.counterparty_id
+        if not self.counterparty_known:
+            viewpoint = self.viewpoint or info.context.who().user_id or self.user_id
+            other = await resolve.counterparty(
+                info.context, self.id, kind=self.type.value, viewpoint=viewpoint
+            )
+        return await _wallet(info, other)
+
+
+@strawberry.type
+class LedgerEntry:
+    id: strawberry.ID
+    transaction: Transaction
+    asset: Asset
+    direction: Direction
+    amount: Amount
+    balance_after: Amount
+    created_at: datetime
+
+
+@strawberry.type
+class LedgerEdge:
+    cursor: str
+    node: LedgerEntry
+
+
+@strawberry.type
+class LedgerConnection:
+    edges: list[LedgerEdge]
+    page_info: PageInfo
+
+    @classmethod
+    def of(cls, page: ledger.HistoryPage, *, user_id: uuid.UUID) -> LedgerConnection:
+        edges = [
+            LedgerEdge(cursor=ledger.encode_cursor(item.entry_id), node=_node(item, user_id))
+            for item in page.items
+        ]
+        return cls(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=page.next_cursor is not None,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )
+
+
+def _node(item: ledger.HistoryItem, user_id: uuid.UUID) -> LedgerEntry:
+    """An entry of `user_id`'s ledger; its transaction carries what the page read with it."""
+    metadata: dict[str, Any] = dict(item.metadata)
+    transaction = Transaction(
+        id=item.transaction_id,
+        type=TransactionType(item.type),
+        amount=Amount(item.amount),
+        created_at=item.created_at,
+        reference=item.reference,
+        metadata=JSON(metadata),
+        reason_known=False,
+        asset_id=item.asset.id,
+        recorded_principal=item.principal,
+        user_id=user_id,
+        reverses_id=item.reverses_transaction_id,
+        viewpoint=user_id,
+        counterparty_id=item.counterparty_user_id,
+        counterparty_known=True,
+    )
+    return LedgerEntry(
+        id=strawberry.ID(str(item.entry_id)),
+        transaction=transaction,
+        asset=Asset.of(item.asset),
+        direction=Direction(item.direction),
+        amount=Amount(item.amount),
+        balance_after=Amount(item.balance_after),
+        created_at=item.created_at,
+    )
