@@ -16,9 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chaos.cluster import Cluster
 from chaos.faults import FaultEvent, Lab, fault_track
 from chaos.judge import Verdict, judge, quiesce, seed_wallets
+from chaos.ops import CLIENT_POOL, Op
 from chaos.scenarios import Scenario
 from chaos.service import Service, ServiceError
-from chaos.workload import CLIENT_POOL, Client, Load, Mix, Op, RetryPolicy, auth_headers, resolve
+from chaos.workload import Client, Load, Mix, RetryPolicy, auth_headers, resolve
 from wallet import auth
 from wallet.cli import migrate
 from wallet.db.engine import create_engine

@@ -1,4 +1,9 @@
-"""The workload: concurrent clients posting TOPUP, SPEND and BONUS over REST and GraphQL.
+"""The workload: concurrent clients moving coins over REST and GraphQL, the careful way.
+
+A client posts TOPUP, SPEND and BONUS; transfers between wallets; reverses (all or part of)
+postings it was itself told had happened; creates holds and captures them (to the Treasury or to
+another user, all or part), voids them, or leaves them to expire; and sends batches, atomic or
+not (each operation of a non-atomic batch under its own key). See `chaos.ops` for the requests.
 
 Each logical request (an `Op`) has its own Idempotency-Key. A client behaves like a careful real
 one: on a timeout, a dropped connection or a 5xx it retries with the same key (with backoff,
@@ -15,94 +20,33 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 import httpx
 
-from wallet.inputs import TxType
-
-Surface = Literal["rest", "graphql"]
-# What one HTTP attempt told the client. Only the first three are definite answers.
-AttemptKind = Literal[
-    "acked",  # the posting happened (now or, replayed, earlier)
-    "refused",  # INSUFFICIENT_FUNDS: the ledger decided, nothing moved
-    "rejected",  # any other definite refusal (a validation or key error: a harness bug)
-    "busy",  # 503 BUSY: a lock or a pool slot was not free in time; nothing ran
-    "throttled",  # 429 RATE_LIMITED: refused before anything ran; retry after Retry-After
-    "unavailable",  # 503 SERVICE_UNAVAILABLE: the database went away; the effect is unknown
-    "internal",  # 500 / INTERNAL_ERROR: a bug in the service; the effect is unknown
-    "http_error",  # any other status (e.g. a 502 from something in between)
-    "timeout",  # no answer in time; the effect is unknown
-    "dropped",  # the connection broke after the request went out; the effect is unknown
-    "unsent",  # no connection (refused, or none free): the request never left the client
-]
-CLIENT_POOL = "client-pool"  # the code of an attempt the harness's own HTTP pool could not send
-DEFINITE: frozenset[AttemptKind] = frozenset({"acked", "refused", "rejected"})
-# The service promises BUSY means the posting did not run; every other non-answer may hide one.
-AMBIGUOUS: frozenset[AttemptKind] = frozenset(
-    {"unavailable", "internal", "http_error", "timeout", "dropped"}
+from chaos.ops import (
+    CLIENT_POOL,
+    DEFINITE,
+    Attempt,
+    Batch,
+    BatchItem,
+    Capture,
+    CreateHold,
+    HeldHold,
+    Op,
+    OpKind,
+    Posting,
+    PostingType,
+    Request,
+    Reverse,
+    Transact,
+    Transfer,
+    Void,
+    graphql_attempt,
+    graphql_call,
+    rest_attempt,
+    rest_call,
 )
-
-TRANSACT_MUTATION = """
-mutation ChaosTransact($input: TransactInput!) {
-  transact(input: $input) {
-    __typename
-    ... on TransactSuccess { replayed transaction { id } balance { amount } }
-    ... on InsufficientFunds { balance { amount } }
-    ... on Error { code }
-  }
-}
-"""
-
-
-@dataclass(slots=True)
-class Attempt:
-    kind: AttemptKind
-    latency_s: float
-    status: int | None = None
-    code: str | None = None
-    retry_after: float | None = None
-    replayed: bool = False
-    transaction_id: uuid.UUID | None = None
-    balance_after: int | None = None
-    started_at: float = 0.0  # time.monotonic() when it was sent
-
-
-@dataclass(slots=True)
-class Op:
-    """One logical request and everything that happened to it."""
-
-    key: str
-    surface: Surface
-    user_id: uuid.UUID
-    asset: str
-    type: TxType
-    amount: int
-    attempts: list[Attempt] = field(default_factory=list)
-
-    @property
-    def answer(self) -> Attempt | None:
-        """The definite answer, if one came (it is always the last attempt)."""
-        if self.attempts and self.attempts[-1].kind in DEFINITE:
-            return self.attempts[-1]
-        return None
-
-    @property
-    def elapsed_s(self) -> float:
-        """From the first attempt's start to the last one's end, pauses included."""
-        if not self.attempts:
-            return 0.0
-        first, last = self.attempts[0], self.attempts[-1]
-        return last.started_at + last.latency_s - first.started_at
-
-    @property
-    def ambiguous(self) -> bool:
-        return any(a.kind in AMBIGUOUS for a in self.attempts)
-
-    @property
-    def signed_amount(self) -> int:
-        """What an acknowledged posting did to the user's balance."""
-        return -self.amount if self.type == "SPEND" else self.amount
+from wallet.inputs import TxType
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,107 +86,224 @@ class Wallets:
         return [*self.hot, *self.cold]
 
 
+@dataclass(slots=True)
+class Memory:
+    """What one client remembers of its own acknowledged work: postings it may reverse (with
+    what it knows is left to reverse of each), holds it was told are HELD, and holds it left to
+    expire that it will try to capture or void once they surely have."""
+
+    postings: list[Posting] = field(default_factory=list)
+    remaining: dict[uuid.UUID, int] = field(default_factory=dict)
+    holds: list[HeldHold] = field(default_factory=list)
+    expiring: list[HeldHold] = field(default_factory=list)
+    limit: int = 200  # postings remembered (the oldest are forgotten)
+
+    def _remember(self, posting: Posting) -> None:
+        self.postings.append(posting)
+        self.remaining[posting.transaction_id] = posting.amount
+        if len(self.postings) > self.limit:
+            self._forget(self.postings[0])
+
+    def _forget(self, posting: Posting) -> None:
+        if self.remaining.pop(posting.transaction_id, None) is not None:
+            self.postings.remove(posting)
+
+    def learn(self, op: Op, *, late_share: float, rng: random.Random) -> None:
+        """Update from an op's definite answer (or its lack: then the op's target is dropped,
+        since what is left of it is no longer known)."""
+        answer, request = op.answer, op.request
+        if answer is None:
+            if isinstance(request, Reverse):
+                self._forget(request.original)
+            return
+        match request:
+            case Transact(user_id, asset, tx_type, amount) if answer.kind == "acked":
+                assert answer.transaction_id is not None
+                self._remember(
+                    Posting(answer.transaction_id, tx_type, user_id, None, asset, amount)
+                )
+            case Transfer(from_user, to_user, asset, amount) if answer.kind == "acked":
+                assert answer.transaction_id is not None
+                self._remember(
+                    Posting(answer.transaction_id, "TRANSFER", from_user, to_user, asset, amount)
+                )
+            case Reverse(original, asked):
+                left = self.remaining.get(original.transaction_id)
+                if left is None:
+                    return
+                if answer.kind == "acked" and answer.amount is not None:
+                    left -= answer.amount
+                elif answer.code == "REVERSAL_EXCEEDS_ORIGINAL" and asked is None:
+                    left = 0  # "all" found nothing left
+                self.remaining[original.transaction_id] = left
+                if left <= 0:
+                    self._forget(original)
+            case CreateHold(user_id, asset, amount, expires_in_s) if answer.kind == "acked":
+                assert answer.hold_id is not None
+                last = op.attempts[-1]
+                due = last.started_at + last.latency_s + expires_in_s + 1.0
+                held = HeldHold(answer.hold_id, user_id, asset, amount, due)
+                if expires_in_s > SHORT_EXPIRY_S[1]:
+                    self.holds.append(held)
+                elif rng.random() < late_share:
+                    self.expiring.append(held)
+            case Capture(hold, _, to_user) if answer.kind == "acked":
+                assert answer.transaction_id is not None
+                assert answer.amount is not None
+                kind: PostingType = "SPEND" if to_user is None else "TRANSFER"
+                self._remember(
+                    Posting(
+                        answer.transaction_id,
+                        kind,
+                        hold.user_id,
+                        to_user,
+                        hold.asset,
+                        answer.amount,
+                    )
+                )
+            case Batch(_, items) if answer.kind == "acked" and answer.results is not None:
+                for item, result in zip(items, answer.results, strict=True):
+                    if result.kind == "acked" and result.transaction_id is not None:
+                        posting = Posting(
+                            result.transaction_id,
+                            item.op,
+                            item.user_id,
+                            item.to_user_id,
+                            item.asset,
+                            item.amount,
+                        )
+                        self._remember(posting)
+
+    def take_hold(self, rng: random.Random, *, late_share: float) -> HeldHold | None:
+        """A hold to capture or void (it is never offered again): one left to expire that
+        surely has, now and then, else a HELD one."""
+        now = time.monotonic()
+        due = [h for h in self.expiring if h.due <= now]
+        if due and rng.random() < late_share:
+            chosen = rng.choice(due)
+            self.expiring.remove(chosen)
+            return chosen
+        if not self.holds:
+            return None
+        return self.holds.pop(rng.randrange(len(self.holds)))
+
+
+# Holds left to expire live 1 to 3 s; the others 30 to 300 s (captured or voided before then,
+# unless the client never gets to them).
+SHORT_EXPIRY_S = (1, 3)
+LONG_EXPIRY_S = (30, 300)
+
+CLASSIC: tuple[tuple[OpKind, float], ...] = (("transact", 1.0),)
+EVERY_KIND: tuple[tuple[OpKind, float], ...] = (
+    ("transact", 0.34),
+    ("transfer", 0.2),
+    ("reverse", 0.1),
+    ("hold", 0.12),
+    ("capture", 0.09),
+    ("void", 0.05),
+    ("batch", 0.1),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Mix:
+    """What clients send. `Mix()` is the classic TOPUP/SPEND/BONUS load; `kinds=EVERY_KIND`
+    adds transfers, reversals, holds and batches."""
+
     hot_share: float = 0.5
     types: Sequence[tuple[TxType, float]] = (("TOPUP", 0.35), ("SPEND", 0.5), ("BONUS", 0.15))
     asset_weights: Sequence[float] = (0.8, 0.2)
     max_amount: int = 100
     graphql_share: float = 0.5
+    kinds: Sequence[tuple[OpKind, float]] = CLASSIC
+    rest_only: frozenset[OpKind] = frozenset()  # kinds the GraphQL API lacks
+    short_hold_share: float = 0.25  # holds left to expire
+    late_share: float = 0.3  # of those, how many the client tries to capture or void once expired
+    partial_share: float = 0.5  # reversals and captures of part of the amount (else all of it)
+    capture_to_user_share: float = 0.4  # captures paid to another user (else to the Treasury)
+    atomic_share: float = 0.5
+    batch_size: tuple[int, int] = (2, 6)
+    batch_ops: Sequence[tuple[PostingType, float]] = (
+        ("TOPUP", 0.3),
+        ("BONUS", 0.2),
+        ("SPEND", 0.3),
+        ("TRANSFER", 0.2),
+    )
 
-    def next_op(self, rng: random.Random, wallets: Wallets) -> Op:
-        hot = rng.random() < self.hot_share
-        user = rng.choice(wallets.hot if hot else wallets.cold)
-        kinds = [k for k, _ in self.types]
-        tx_type = rng.choices(kinds, weights=[w for _, w in self.types])[0]
-        return Op(
-            key=f"chaos-{uuid.uuid4()}",
-            surface="graphql" if rng.random() < self.graphql_share else "rest",
+    def _user(self, rng: random.Random, wallets: Wallets) -> uuid.UUID:
+        return rng.choice(wallets.hot if rng.random() < self.hot_share else wallets.cold)
+
+    def _other(self, rng: random.Random, wallets: Wallets, user: uuid.UUID) -> uuid.UUID:
+        while (other := self._user(rng, wallets)) == user:
+            pass
+        return other
+
+    def _asset(self, rng: random.Random, wallets: Wallets) -> str:
+        return rng.choices(list(wallets.assets), weights=list(self.asset_weights))[0]
+
+    def _amount(self, rng: random.Random) -> int:
+        return rng.randint(1, self.max_amount)
+
+    def _part(self, rng: random.Random, whole: int) -> int | None:
+        return rng.randint(1, whole) if rng.random() < self.partial_share else None
+
+    def _transact(self, rng: random.Random, wallets: Wallets) -> Transact:
+        tx_type = rng.choices([k for k, _ in self.types], weights=[w for _, w in self.types])[0]
+        user = self._user(rng, wallets)
+        return Transact(user, self._asset(rng, wallets), tx_type, self._amount(rng))
+
+    def _item(self, rng: random.Random, wallets: Wallets, *, keyed: bool) -> BatchItem:
+        ops = [k for k, _ in self.batch_ops]
+        op = rng.choices(ops, weights=[w for _, w in self.batch_ops])[0]
+        user = self._user(rng, wallets)
+        return BatchItem(
+            op=op,
             user_id=user,
-            asset=rng.choices(list(wallets.assets), weights=list(self.asset_weights))[0],
-            type=tx_type,
-            amount=rng.randint(1, self.max_amount),
+            asset=self._asset(rng, wallets),
+            amount=self._amount(rng),
+            to_user_id=self._other(rng, wallets, user) if op == "TRANSFER" else None,
+            key=f"chaos-{uuid.uuid4()}" if keyed else None,
         )
 
+    def _request(self, rng: random.Random, wallets: Wallets, memory: Memory) -> Request:
+        kinds = [k for k, _ in self.kinds]
+        kind = rng.choices(kinds, weights=[w for _, w in self.kinds])[0]
+        if kind == "reverse" and memory.postings:
+            original = rng.choice(memory.postings)
+            return Reverse(original, self._part(rng, original.amount))
+        if kind in ("capture", "void"):
+            hold = memory.take_hold(rng, late_share=self.late_share)
+            if hold is not None and kind == "void":
+                return Void(hold)
+            if hold is not None:
+                to_user = None
+                if rng.random() < self.capture_to_user_share:
+                    to_user = self._other(rng, wallets, hold.user_id)
+                return Capture(hold, self._part(rng, hold.amount), to_user)
+            kind = "hold"  # nothing to capture or void yet
+        if kind == "hold":
+            short = rng.random() < self.short_hold_share
+            expires = rng.randint(*(SHORT_EXPIRY_S if short else LONG_EXPIRY_S))
+            user = self._user(rng, wallets)
+            return CreateHold(user, self._asset(rng, wallets), self._amount(rng), expires)
+        if kind == "transfer":
+            user = self._user(rng, wallets)
+            to_user = self._other(rng, wallets, user)
+            return Transfer(user, to_user, self._asset(rng, wallets), self._amount(rng))
+        if kind == "batch":
+            atomic = rng.random() < self.atomic_share
+            size = rng.randint(*self.batch_size)
+            items = tuple(self._item(rng, wallets, keyed=not atomic) for _ in range(size))
+            return Batch(atomic, items)
+        return self._transact(rng, wallets)  # transact, or a reversal with nothing to reverse
 
-def _retry_after(headers: httpx.Headers) -> float | None:
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        return None
-
-
-def _rest_attempt(response: httpx.Response, latency: float) -> Attempt:
-    status = response.status_code
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = None
-    code = body.get("code") if isinstance(body, dict) else None
-    if status == 200 and isinstance(body, dict) and body.get("success") is True:
-        data = body["data"]
-        return Attempt(
-            "acked",
-            latency,
-            status=status,
-            replayed=response.headers.get("idempotent-replayed") == "true",
-            transaction_id=uuid.UUID(data["transactionId"]),
-            balance_after=int(data["balanceAfter"]),
-        )
-    if status == 422 and code == "INSUFFICIENT_FUNDS":
-        replayed = response.headers.get("idempotent-replayed") == "true"
-        return Attempt("refused", latency, status=status, code=code, replayed=replayed)
-    if status == 503:
-        kind: AttemptKind = "busy" if code == "BUSY" else "unavailable"
-        return Attempt(
-            kind, latency, status=status, code=code, retry_after=_retry_after(response.headers)
-        )
-    if status >= 500:
-        kind = "internal" if code == "INTERNAL_ERROR" or status == 500 else "http_error"
-        return Attempt(kind, latency, status=status, code=code)
-    if status == 429:
-        retry_after = _retry_after(response.headers)
-        return Attempt("throttled", latency, status=status, code=code, retry_after=retry_after)
-    if 400 <= status < 500:
-        return Attempt("rejected", latency, status=status, code=code)
-    return Attempt("http_error", latency, status=status, code=code)
-
-
-def _graphql_attempt(response: httpx.Response, latency: float) -> Attempt:
-    status = response.status_code
-    if status != 200:  # answered before GraphQL ran (say, by AuthMiddleware): REST's envelope
-        return _rest_attempt(response, latency)
-    try:
-        body: Any = response.json()
-    except ValueError:
-        return Attempt("http_error", latency, status=status)
-    errors = body.get("errors") if isinstance(body, dict) else None
-    if errors:
-        code = (errors[0].get("extensions") or {}).get("code")
-        if code == "BUSY":
-            return Attempt("busy", latency, status=status, code=code, retry_after=1.0)
-        if code == "SERVICE_UNAVAILABLE":
-            return Attempt("unavailable", latency, status=status, code=code, retry_after=1.0)
-        if code == "INTERNAL_ERROR":
-            return Attempt("internal", latency, status=status, code=code)
-        return Attempt("rejected", latency, status=status, code=code)
-    result = body["data"]["transact"]
-    typename = result["__typename"]
-    if typename == "TransactSuccess":
-        return Attempt(
-            "acked",
-            latency,
-            status=status,
-            replayed=bool(result["replayed"]),
-            transaction_id=uuid.UUID(result["transaction"]["id"]),
-            balance_after=int(result["balance"]["amount"]),
-        )
-    if typename == "InsufficientFunds":
-        return Attempt("refused", latency, status=status, code="INSUFFICIENT_FUNDS")
-    return Attempt("rejected", latency, status=status, code=result.get("code"))
+    def next_op(self, rng: random.Random, wallets: Wallets, memory: Memory | None = None) -> Op:
+        request = self._request(rng, wallets, memory if memory is not None else Memory())
+        graphql = rng.random() < self.graphql_share
+        op = Op(key=f"chaos-{uuid.uuid4()}", surface="rest", request=request)
+        if graphql and op.kind not in self.rest_only:
+            op.surface = "graphql"
+        return op
 
 
 class Client:
@@ -278,40 +339,23 @@ class Client:
             return Attempt("dropped", time.monotonic() - started, started_at=started)
         latency = time.monotonic() - started
         if op.surface == "rest":
-            answered = _rest_attempt(response, latency)
+            answered = rest_attempt(op.request, response, latency)
         else:
-            answered = _graphql_attempt(response, latency)
+            answered = graphql_attempt(op.request, response, latency)
         answered.started_at = started
         return answered
 
     async def _send(self, op: Op, *, timeouts: httpx.Timeout) -> httpx.Response:
         if op.surface == "rest":
+            path, body = rest_call(op.request)
             return await self.http.post(
-                f"{self._base()}/api/wallet/transact",
-                json={
-                    "userId": str(op.user_id),
-                    "amount": op.amount,
-                    "assetSlug": op.asset,
-                    "type": op.type,
-                },
+                f"{self._base()}{path}",
+                json=body,
                 headers={"Idempotency-Key": op.key},
                 timeout=timeouts,
             )
         return await self.http.post(
-            f"{self._base()}/graphql",
-            json={
-                "query": TRANSACT_MUTATION,
-                "variables": {
-                    "input": {
-                        "userId": str(op.user_id),
-                        "amount": str(op.amount),
-                        "assetSlug": op.asset,
-                        "type": op.type,
-                        "idempotencyKey": op.key,
-                    }
-                },
-            },
-            timeout=timeouts,
+            f"{self._base()}/graphql", json=graphql_call(op.request, op.key), timeout=timeouts
         )
 
 
@@ -350,12 +394,14 @@ class Load:
 
     async def _one_client(self, index: int) -> None:
         rng = random.Random(f"{self.seed}:{index}")
+        memory = Memory()
         while not self.stopping.is_set() and len(self.ops) < self.max_requests:
-            op = self.mix.next_op(rng, self.wallets)
+            op = self.mix.next_op(rng, self.wallets, memory)
             self.ops.append(op)
             await run_op(
                 self.client, op, self.policy, rng, first_timeout=self.policy.first_timeout(rng)
             )
+            memory.learn(op, late_share=self.mix.late_share, rng=rng)
 
     async def run(self) -> None:
         """Run until `stopping` is set (or the request budget is spent), then drain: every
