@@ -16,7 +16,7 @@ from wallet.inputs import (
     parse_reference,
     parse_tx_type,
 )
-from wallet.resolvers.common import posting, require_transfer
+from wallet.resolvers.common import posting
 from wallet.resolvers.context import Context
 from wallet.resolvers.transfers import transfer_request
 
@@ -108,9 +108,7 @@ async def batch(
     for operation in operations:
         request = operation.request
         if isinstance(request, ledger.TransferRequest):
-            require_transfer(
-                who, request.from_user_id, user_can_transfer=settings.user_can_transfer
-            )
+            who.require_transfer(request.from_user_id, user_can_transfer=settings.user_can_transfer)
         else:
             who.require_transact(
                 request.user_id, request.type, user_can_spend=settings.user_can_spend

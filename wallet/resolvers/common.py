@@ -1,4 +1,4 @@
-"""What every write resolver shares: how a posting runs, and the rules no Principal method says."""
+"""What the resolvers share: how a posting runs, and how input becomes a ledger filter."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from wallet.auth import Principal
-from wallet.errors import Forbidden, ValidationError
+from wallet.errors import ValidationError
 from wallet.inputs import parse_metadata
 from wallet.resolvers.context import Context
 from wallet.resources import with_connection
@@ -26,14 +25,6 @@ async def posting(ctx: Context, work: Callable[[AsyncConnection], Awaitable[T]])
         return await with_connection(ctx.resources.autocommit, work, begin=False, retry=True)
     finally:
         ctx.loaders.forget()
-
-
-def require_transfer(who: Principal, from_user_id: uuid.UUID, *, user_can_transfer: bool) -> None:
-    """A key needs `transact`; an end-user token may move coins out of its own wallet only, and
-    only when WALLET_USER_CAN_TRANSFER allows it."""
-    if who.can("transact") or (user_can_transfer and who.user_id == from_user_id):
-        return
-    raise Forbidden("These credentials may not TRANSFER from this wallet.")
 
 
 def metadata_filter(value: object, *, field: str = "metadata") -> dict[str, str]:
@@ -53,4 +44,4 @@ def _text(value: str | int | bool | None) -> str:
 
 def distinct_users(from_user_id: uuid.UUID, to_user_id: uuid.UUID, *, field: str) -> None:
     if from_user_id == to_user_id:
-        raise ValidationError(f"{field} must be another user than the sender.", field=field)
+        raise ValidationError(f"{field} must be another user than fromUserId.", field=field)

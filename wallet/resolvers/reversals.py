@@ -34,7 +34,7 @@ async def reverse(
     )
     key = parse_idempotency_key(idempotency_key, field="idempotencyKey")
     who = ctx.who()
-    who.require("transact")
+    who.require_reverse()
     return await posting(
         ctx, lambda conn: ledger.reverse(conn, request, key=key, principal=who.name)
     )

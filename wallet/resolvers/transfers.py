@@ -13,7 +13,7 @@ from wallet.inputs import (
     parse_metadata,
     parse_reference,
 )
-from wallet.resolvers.common import distinct_users, posting, require_transfer
+from wallet.resolvers.common import distinct_users, posting
 from wallet.resolvers.context import Context
 
 
@@ -60,7 +60,7 @@ async def transfer(
     )
     key = parse_idempotency_key(idempotency_key, field="idempotencyKey")
     who = ctx.who()
-    require_transfer(who, from_user_id, user_can_transfer=ctx.resources.settings.user_can_transfer)
+    who.require_transfer(from_user_id, user_can_transfer=ctx.resources.settings.user_can_transfer)
     return await posting(
         ctx, lambda conn: ledger.transfer(conn, request, key=key, principal=who.name)
     )

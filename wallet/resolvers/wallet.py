@@ -80,7 +80,7 @@ async def transaction(ctx: Context, transaction_id: uuid.UUID) -> ledger.Transac
     if found is None or who.can("read"):
         return found
     entries = await ctx.loaders.entries.load(found.id) or []
-    return found if any(e.user_id == who.user_id for e in entries) else None
+    return found if who.may_read_transaction(e.user_id for e in entries) else None
 
 
 async def ledger_page(
