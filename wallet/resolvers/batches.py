@@ -116,5 +116,6 @@ async def batch(
     done = await posting(
         ctx,
         lambda conn: ledger.batch(conn, operations, atomic=atomic, key=key, principal=who.name),
+        kind="BATCH",
     )
     return operations, done

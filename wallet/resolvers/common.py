@@ -11,18 +11,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from wallet.errors import ValidationError
 from wallet.inputs import parse_metadata
 from wallet.resolvers.context import Context
-from wallet.resources import with_connection
+from wallet.resources import post
 
 T = TypeVar("T")
 
 
-async def posting(ctx: Context, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    """Run one keyed posting function: one statement on an autocommit connection, so it is its
-    own database transaction and its stored answer (a refusal too: the ledger returns those
-    rather than raise them) commits with it. Safe to retry once: a retry of a posting that did
-    commit replays it. What this request read before is forgotten: the posting changed it."""
+async def posting(ctx: Context, work: Callable[[AsyncConnection], Awaitable[T]], *, kind: str) -> T:
+    """Run one keyed posting function (`kind` labels its metrics: TOPUP, TRANSFER, HOLD...) as
+    REST does (`resources.post`): one statement on an autocommit connection, so it is its own
+    database transaction and its stored answer (a refusal too: the ledger returns those rather
+    than raise them) commits with it. Safe to retry once: a retry of a posting that did commit
+    replays it. What this request read before is forgotten: the posting changed it."""
     try:
-        return await with_connection(ctx.resources.autocommit, work, begin=False, retry=True)
+        return await post(ctx.resources, work, kind=kind)
     finally:
         ctx.loaders.forget()
 

@@ -53,7 +53,9 @@ async def create_hold(
     who = ctx.who()
     who.require("transact")
     return await posting(
-        ctx, lambda conn: ledger.create_hold(conn, request, key=key, principal=who.name)
+        ctx,
+        lambda conn: ledger.create_hold(conn, request, key=key, principal=who.name),
+        kind="HOLD",
     )
 
 
@@ -79,7 +81,9 @@ async def capture_hold(
     who = ctx.who()
     who.require("transact")
     return await posting(
-        ctx, lambda conn: ledger.capture_hold(conn, request, key=key, principal=who.name)
+        ctx,
+        lambda conn: ledger.capture_hold(conn, request, key=key, principal=who.name),
+        kind="CAPTURE",
     )
 
 
@@ -90,7 +94,9 @@ async def void_hold(
     who = ctx.who()
     who.require("transact")
     return await posting(
-        ctx, lambda conn: ledger.void_hold(conn, hold_id, key=key, principal=who.name)
+        ctx,
+        lambda conn: ledger.void_hold(conn, hold_id, key=key, principal=who.name),
+        kind="VOID",
     )
 
 

@@ -36,7 +36,9 @@ async def reverse(
     who = ctx.who()
     who.require_reverse()
     return await posting(
-        ctx, lambda conn: ledger.reverse(conn, request, key=key, principal=who.name)
+        ctx,
+        lambda conn: ledger.reverse(conn, request, key=key, principal=who.name),
+        kind="REVERSAL",
     )
 
 

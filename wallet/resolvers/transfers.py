@@ -62,5 +62,7 @@ async def transfer(
     who = ctx.who()
     who.require_transfer(from_user_id, user_can_transfer=ctx.resources.settings.user_can_transfer)
     return await posting(
-        ctx, lambda conn: ledger.transfer(conn, request, key=key, principal=who.name)
+        ctx,
+        lambda conn: ledger.transfer(conn, request, key=key, principal=who.name),
+        kind="TRANSFER",
     )

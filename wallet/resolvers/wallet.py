@@ -141,7 +141,9 @@ async def transact(
         user_id, request.type, user_can_spend=ctx.resources.settings.user_can_spend
     )
     return await posting(
-        ctx, lambda conn: ledger.transact(conn, request, key=key, principal=who.name)
+        ctx,
+        lambda conn: ledger.transact(conn, request, key=key, principal=who.name),
+        kind=request.type,
     )
 
 
