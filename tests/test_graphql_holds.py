@@ -25,6 +25,7 @@ from tests.graphql_client import (
     subscribe,
     transact,
 )
+from tests.test_subscriptions import drop_feed_listeners
 from wallet import ledger
 
 GOLD = "gold_coins"
@@ -459,4 +460,29 @@ async def test_holds_are_pushed_though_the_balance_stays(
         )  # fmt: skip
         assert spent["__typename"] == "TransactSuccess"
         assert pushed(await sub.next()) == state(n - 11, 0)  # the refusal pushed nothing
+        brief = await mutate(client, CREATE_HOLD, hold_input(user, 3, expiresInSeconds=1))
+        assert pushed(await sub.next()) == state(n - 11, 3)
+        await asyncio.sleep(1.2)
+        late = {"holdId": brief["hold"]["id"], "idempotencyKey": key()}
+        assert (await mutate(client, CAPTURE_HOLD, late))["__typename"] == "HoldExpired"
+        # Released once, by whoever came first: this capture, or the sweeper.
+        assert pushed(await sub.next()) == state(n - 11, 0)
         assert await sub.nothing_within(0.5)
+
+
+async def test_a_hold_made_while_the_listener_is_away_is_pushed_after_the_resync(
+    base_url: str, client: httpx.AsyncClient, factory: Factory, engine: AsyncEngine
+) -> None:
+    """Entries do not record holds, so a resync compares what each account holds now with what
+    was pushed, and pushes the account once more if only that changed."""
+    user = await factory.user(gold=30)
+    async with subscribe(base_url, BALANCE_CHANGED, {"id": str(user)}) as sub:
+        await live(client, sub, user)
+        n = await factory.balance(user)
+        async with engine.begin() as conn:  # commits while no listener listens: unheard
+            request = ledger.HoldRequest(user, GOLD, 10)
+            made = await ledger.create_hold(conn, request, key=key(), principal="t")
+            assert isinstance(made, ledger.HoldView)
+            assert await drop_feed_listeners(engine)
+        assert pushed(await sub.next(wait=20)) == (str(n), "10", str(n - 10))
+        assert await sub.nothing_within(1.5)
