@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from chaos.faults import FaultEvent
+from chaos.ops import OP_KINDS, Batch, Op
 from chaos.runner import ScenarioResult
 from chaos.scenarios import Scenario
 
@@ -32,7 +33,13 @@ class Figures:
     duplicated: int
     mismatched: int
     balance_breaches: int
+    conservation_breaches: int  # the bank invariant, per asset
+    hold_breaches: int
+    available_breaches: int
     wallets_checked: int
+    holds_checked: int
+    expiry_lag_max_s: float | None  # the longest a hold stayed HELD past its expiry
+    late_expiries: int  # holds released more than EXPIRY_GRACE_S after it
     audit: str
     faults: int
     recovery_max_s: float | None
@@ -50,7 +57,8 @@ class Figures:
     shutdown_code: int | None
     harness_lag_s: float | None
     problems: list[str]
-    answers: dict[str, int]  # every attempt, by "surface kind status code"
+    by_kind: dict[str, dict[str, int]]  # requests of each kind: sent, acked, refused
+    answers: dict[str, int]  # every attempt, by "surface request attempt status code"
 
 
 def _quantile(values: list[float], q: float) -> float | None:
@@ -87,7 +95,13 @@ def figures(result: ScenarioResult) -> Figures:
         duplicated=len(v.duplicated),
         mismatched=len(v.mismatched) + len(v.refused_moved),
         balance_breaches=len(v.balance_breaches),
+        conservation_breaches=len(v.conservation),
+        hold_breaches=len(v.hold_breaches),
+        available_breaches=len(v.available_breaches),
         wallets_checked=v.wallets_checked,
+        holds_checked=v.holds_checked,
+        expiry_lag_max_s=v.expiry_lag_max_s,
+        late_expiries=len(v.late_expiries),
         audit="pass" if v.audit is not None and v.audit.ok else "FAIL",
         faults=len(injected),
         recovery_max_s=round(max(recoveries), 3) if recoveries else None,
@@ -105,9 +119,10 @@ def figures(result: ScenarioResult) -> Figures:
         shutdown_code=result.shutdown_code,
         harness_lag_s=round(result.harness_lag_s, 3),
         problems=[*result.notes, *v.problems()][:50],
+        by_kind=_by_kind(ops),
         answers=dict(
             Counter(
-                f"{op.surface} {a.kind} {a.status or '-'} {a.code or '-'}"
+                f"{op.surface} {op.kind} {a.kind} {a.status or '-'} {a.code or '-'}"
                 for op in ops
                 for a in op.attempts
             ).most_common()
@@ -115,8 +130,30 @@ def figures(result: ScenarioResult) -> Figures:
     )
 
 
+def _by_kind(ops: list[Op]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {k: {"sent": 0, "acked": 0, "refused": 0} for k in OP_KINDS}
+    for op in ops:
+        row = counts[op.kind]
+        row["sent"] += 1
+        if op.answer is not None and op.answer.kind in ("acked", "refused"):
+            row[op.answer.kind] += 1
+        if isinstance(op.request, Batch):
+            row["atomic"] = row.get("atomic", 0) + op.request.atomic
+            row["operations"] = row.get("operations", 0) + len(op.request.items)
+    for kind, row in counts.items():
+        answered = [op.elapsed_s for op in ops if op.kind == kind and op.answer is not None]
+        p50 = _quantile(answered, 0.5)
+        if p50 is not None:
+            row["p50_ms"] = round(p50 * 1000)
+    return counts
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+def _breaches(count: int) -> str:
+    return "ok" if count == 0 else f"**{count} breaches**"
 
 
 def _s(value: float | None) -> str:
@@ -152,6 +189,23 @@ def markdown(rows: list[Figures], *, header: str) -> str:
             f" | {f.unsent} | {f.internal} | {f.unresolved} | {f.wallets_checked}"
             f" | {f.shutdown_code} |"
         )
+    lines += [
+        "",
+        "| scenario | transact | transfer | reverse | hold | capture | void | batch"
+        " | bank invariant | holds | available ≥ 0 | expiry lag (max) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|",
+    ]
+    for f in rows:
+        cells = [
+            f"{f.by_kind[k]['acked']} / {f.by_kind[k]['refused']}" if k in f.by_kind else "-"
+            for k in OP_KINDS
+        ]
+        lines.append(
+            f"| {f.scenario} | {' | '.join(cells)} | {_breaches(f.conservation_breaches)}"
+            f" | {f.holds_checked} checked, {_breaches(f.hold_breaches)}"
+            f" | {_breaches(f.available_breaches)} | {_s(f.expiry_lag_max_s)}"
+            f"{'' if not f.late_expiries else f' (**{f.late_expiries} late**)'} |"
+        )
     failed = [f for f in rows if not f.ok]
     for f in failed:
         lines += ["", f"**{f.scenario} failed:**", *(f"- {p}" for p in f.problems)]
@@ -179,7 +233,13 @@ def crashed(scenario: Scenario, error: str) -> Figures:
         duplicated=0,
         mismatched=0,
         balance_breaches=0,
+        conservation_breaches=0,
+        hold_breaches=0,
+        available_breaches=0,
         wallets_checked=0,
+        holds_checked=0,
+        expiry_lag_max_s=None,
+        late_expiries=0,
         audit="-",
         faults=0,
         recovery_max_s=None,
@@ -197,6 +257,7 @@ def crashed(scenario: Scenario, error: str) -> Figures:
         shutdown_code=None,
         harness_lag_s=None,
         problems=[error],
+        by_kind={},
         answers={},
     )
 

@@ -15,11 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chaos.cluster import Cluster
 from chaos.faults import FaultEvent, Lab, fault_track
-from chaos.judge import Verdict, judge, quiesce, seed_wallets
+from chaos.judge import Verdict, database_now, judge, quiesce, seed_wallets
 from chaos.ops import CLIENT_POOL, Op
 from chaos.scenarios import Scenario
 from chaos.service import Service, ServiceError
-from chaos.workload import Client, Load, Mix, RetryPolicy, auth_headers, resolve
+from chaos.workload import EVERY_KIND, Client, Load, Mix, RetryPolicy, auth_headers, resolve
 from wallet import auth
 from wallet.cli import migrate
 from wallet.db.engine import create_engine
@@ -79,10 +79,16 @@ def _checks(result: ScenarioResult, policy: RetryPolicy) -> list[str]:
     internal = sum(a.kind == "internal" for a in attempts)
     if internal:
         notes.append(f"{internal} answers were 500 INTERNAL_ERROR (transient trouble must be 503)")
-    rejected = sum(op.answer is not None and op.answer.kind == "rejected" for op in result.ops)
+    rejected = [
+        (op.kind, answer.code)
+        for op in result.ops
+        if op.answer is not None
+        for answer in [op.answer, *(op.answer.results or [])]
+        if answer.kind == "rejected"
+    ]
     if rejected:
-        codes = {op.answer.code for op in result.ops if op.answer and op.answer.kind == "rejected"}
-        notes.append(f"{rejected} requests were refused with {sorted(map(str, codes))}")
+        codes = sorted({f"{kind} {code}" for kind, code in rejected})
+        notes.append(f"{len(rejected)} requests (or batch operations) were refused with {codes}")
     no_retry_after = sum(
         a.kind in ("busy", "unavailable") and a.status == 503 and a.retry_after is None
         for a in attempts
@@ -172,7 +178,7 @@ async def run_scenario(
                 client=client,
                 wallets=wallets,
                 policy=policy,
-                mix=Mix(),
+                mix=Mix(kinds=EVERY_KIND),
                 clients=clients,
                 max_requests=budget.max_requests,
                 seed=rng.randrange(2**32),
@@ -212,10 +218,13 @@ async def run_scenario(
         # A fresh HTTP client: the load's may have been cancelled mid-request just above.
         async with httpx.AsyncClient(limits=limits, headers=headers) as http:
             await resolve(Client(http, [service.base_url]), load.ops)
+        stopped_at = await database_now(side)
         shutdown_code = await service.terminate()
         if not await quiesce(side):
             notes.append("service connections still open 30 s after it stopped")
-        verdict = await judge(side, load.ops, wallets, seed_balances, principal=principal)
+        verdict = await judge(
+            side, load.ops, wallets, seed_balances, principal=principal, stopped_at=stopped_at
+        )
     finally:
         if service.running():
             service.kill()

@@ -3,7 +3,8 @@
 A client posts TOPUP, SPEND and BONUS; transfers between wallets; reverses (all or part of)
 postings it was itself told had happened; creates holds and captures them (to the Treasury or to
 another user, all or part), voids them, or leaves them to expire; and sends batches, atomic or
-not (each operation of a non-atomic batch under its own key). See `chaos.ops` for the requests.
+not (each operation of a non-atomic batch under its own key). See `chaos.ops` for the requests
+and `chaos.wire` for their form on REST and GraphQL.
 
 Each logical request (an `Op`) has its own Idempotency-Key. A client behaves like a careful real
 one: on a timeout, a dropped connection or a 5xx it retries with the same key (with backoff,
@@ -41,11 +42,8 @@ from chaos.ops import (
     Transact,
     Transfer,
     Void,
-    graphql_attempt,
-    graphql_call,
-    rest_attempt,
-    rest_call,
 )
+from chaos.wire import graphql_attempt, graphql_call, rest_attempt, rest_call
 from wallet.inputs import TxType
 
 
@@ -195,13 +193,13 @@ LONG_EXPIRY_S = (30, 300)
 
 CLASSIC: tuple[tuple[OpKind, float], ...] = (("transact", 1.0),)
 EVERY_KIND: tuple[tuple[OpKind, float], ...] = (
-    ("transact", 0.34),
-    ("transfer", 0.2),
+    ("transact", 0.3),
+    ("transfer", 0.18),
     ("reverse", 0.1),
-    ("hold", 0.12),
-    ("capture", 0.09),
-    ("void", 0.05),
-    ("batch", 0.1),
+    ("hold", 0.1),
+    ("capture", 0.14),  # a client with no hold to capture or void creates one instead
+    ("void", 0.06),
+    ("batch", 0.12),
 )
 
 

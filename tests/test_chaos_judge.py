@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chaos.judge import Balances, Judgement, judge, seed_wallets, snapshot
@@ -31,6 +32,7 @@ from chaos.ops import (
     Transfer,
     Void,
 )
+from chaos.wire import MALFORMED, graphql_attempt, rest_attempt
 from chaos.workload import Wallets
 from wallet import ledger
 from wallet.errors import Declined, WalletError
@@ -471,3 +473,110 @@ async def test_a_request_left_without_an_answer_fails_the_run(engine: AsyncEngin
     assert (verdict.unresolved, verdict.unresolved_committed) == (2, 2)
     assert not verdict.duplicated  # not duplicates: unanswered
     assert not verdict.ok
+
+
+async def test_a_hold_left_held_past_its_expiry_is_released_late(engine: AsyncEngine) -> None:
+    found, alice, _, seed = await wallets(engine)
+    books = Books(engine)
+    hold = held(await books.hold(alice, 10, expires_in_s=1))
+    found_now = await snapshot(engine, books.ops, found.all)
+    row = found_now.holds[hold.hold_id]
+    on_time = Judgement(found_now, seed, "", stopped_at=row.expires_at + timedelta(seconds=2))
+    verdict = on_time.run(books.ops)
+    assert verdict.ok, verdict.problems()
+    assert verdict.expiry_lag_max_s == 2.0
+    late = Judgement(found_now, seed, "", stopped_at=row.expires_at + timedelta(seconds=6))
+    verdict = late.run(books.ops)
+    assert len(verdict.late_expiries) == 1
+    assert not verdict.ok
+
+
+def _response(status: int, body: object, **headers: str) -> httpx.Response:
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def test_batch_answers_are_read_as_the_contracts_write_them() -> None:
+    """An atomic batch answers each operation's own data (whose `status` is "COMPLETED"); a
+    non-atomic one wraps each in {"status": 200, "data"} or {"status": 422, "code"}."""
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    txns = [str(uuid.uuid4()) for _ in range(2)]
+    items = (
+        BatchItem("BONUS", alice, GOLD, 5),
+        BatchItem("TRANSFER", alice, GOLD, 7, to_user_id=bob),
+    )
+    topup = {"transactionId": txns[0], "status": "COMPLETED", "balanceAfter": "105"}
+    sent = {"transactionId": txns[1], "fromBalanceAfter": "98", "toBalanceAfter": "7"}
+    atomic = rest_attempt(
+        Batch(True, items), _response(200, {"success": True, "data": {"results": [topup, sent]}}), 0
+    )
+    assert atomic.kind == "acked"
+    assert atomic.results is not None
+    assert [r.kind for r in atomic.results] == ["acked", "acked"]
+    assert atomic.results[0].balance_after == 105
+    assert atomic.results[1].balances == {alice: 98, bob: 7}
+    wrapped = {
+        "results": [{"status": 200, "data": topup}, {"status": 422, "code": "INSUFFICIENT_FUNDS"}]
+    }
+    loose = rest_attempt(Batch(False, items), _response(200, {"success": True, "data": wrapped}), 0)
+    assert loose.results is not None
+    assert [(r.kind, r.code) for r in loose.results] == [
+        ("acked", None),
+        ("refused", "INSUFFICIENT_FUNDS"),
+    ]
+    failed = rest_attempt(
+        Batch(True, items),
+        _response(
+            422,
+            {
+                "success": False,
+                "code": "BATCH_FAILED",
+                "details": {"index": 1, "code": "INSUFFICIENT_FUNDS"},
+            },
+        ),
+        0,
+    )
+    assert (failed.kind, failed.failed_index, failed.failed_code) == (
+        "refused",
+        1,
+        "INSUFFICIENT_FUNDS",
+    )
+    graphql = graphql_attempt(
+        Batch(True, items),
+        _response(
+            200,
+            {
+                "data": {
+                    "transactBatch": {
+                        "__typename": "BatchSuccess",
+                        "replayed": False,
+                        "results": [
+                            {
+                                "__typename": "TransactSuccess",
+                                "replayed": False,
+                                "transaction": {"id": txns[0]},
+                                "balance": {"amount": "105"},
+                            },
+                            {"__typename": "InsufficientFunds", "code": "INSUFFICIENT_FUNDS"},
+                        ],
+                    }
+                }
+            },
+        ),
+        0,
+    )
+    assert graphql.results is not None
+    assert [r.kind for r in graphql.results] == ["acked", "refused"]
+
+
+def test_an_unexpected_refusal_or_a_broken_success_is_rejected() -> None:
+    """Only the refusals a request may meet are definite refusals; a 200 that breaks the
+    contract is reported, never read as a success."""
+    request = Transfer(uuid.uuid4(), uuid.uuid4(), GOLD, 5)
+    reused = _response(422, {"success": False, "code": "IDEMPOTENCY_KEY_REUSED"})
+    assert rest_attempt(request, reused, 0).kind == "rejected"
+    broken = rest_attempt(request, _response(200, {"success": True, "data": {"x": 1}}), 0)
+    assert (broken.kind, broken.code) == ("rejected", MALFORMED)
+    expired = _response(422, {"success": False, "code": "HOLD_EXPIRED"})
+    hold = HeldHold(uuid.uuid4(), uuid.uuid4(), GOLD, 5, due=0.0)
+    assert rest_attempt(Capture(hold, None, None), expired, 0).kind == "refused"
+    assert rest_attempt(request, expired, 0).kind == "rejected"
