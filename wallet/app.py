@@ -35,7 +35,7 @@ from wallet.http import (
 from wallet.logging import configure_logging
 from wallet.observability import Metrics, ObserveMiddleware
 from wallet.openapi import openapi_json
-from wallet.resources import Resources, principal, resources
+from wallet.resources import Resources, open_replica, principal, resources
 from wallet.settings import Settings
 from wallet.tracing import Tracing
 
@@ -80,6 +80,9 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
         auth = Authenticator(settings, autocommit, listen_url=database_url)
         auth.start()
         metrics.watch_pool("primary", engine)
+        replica = open_replica(settings, autocommit)  # DATABASE_READ_URL, when set
+        if replica is not None:
+            metrics.watch_pool("replica", replica.engine)
         gauges = asyncio.create_task(_refresh_gauges(metrics, feed), name="metrics-gauges")
         try:
             yield {
@@ -94,6 +97,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
                     ),
                     metrics=metrics,
                     tracing=tracing,
+                    replica=replica,
                 )
             }
         finally:
@@ -104,6 +108,8 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             await auth.close()
             await feed.close()
             await engine.dispose()
+            if replica is not None:
+                await replica.dispose()
             if tracing is not None:
                 tracing.shutdown()
 

@@ -16,10 +16,12 @@ from starlette.requests import HTTPConnection
 
 from wallet import ledger
 from wallet.auth import Authenticator, Principal, RateLimiter
+from wallet.db.engine import create_engine
 from wallet.errors import Busy, IdempotencyKeyReused
 from wallet.feed import BalanceFeed
 from wallet.http import map_database_error
 from wallet.observability import Metrics
+from wallet.replica import OnReplica, Replica
 from wallet.settings import Settings
 from wallet.tracing import Tracing
 
@@ -73,6 +75,7 @@ class Resources:
     assets: AssetCatalog = field(default_factory=AssetCatalog)
     metrics: Metrics = field(default_factory=Metrics)
     tracing: Tracing | None = None  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    replica: Replica | None = None  # on when DATABASE_READ_URL is set
 
 
 def resources(connection: HTTPConnection) -> Resources:
@@ -133,6 +136,44 @@ async def read(res: Resources, work: Callable[[AsyncConnection], Awaitable[T]]) 
     which saves two round trips a request."""
     with _observed(res, "ledger.read"):
         return await with_connection(res.autocommit, work, begin=False, retry=True)
+
+
+async def read_replica(res: Resources, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """A read that may run on the read replica (DATABASE_READ_URL): history, a transaction,
+    balances at an instant, ledger pages. Never current balances, nor anything a write answers.
+
+    It runs there only once the replica has replayed every write acknowledged before this call
+    (by any instance: see wallet/replica.py), so no caller sees its own write disappear; else,
+    and when the replica is down or unset, on the primary as `read` does. Never a 5xx for it.
+    """
+    if res.replica is None:
+        return await read(res, work)
+    with _observed(res, "ledger.read_replica"):
+        routed = await res.replica.run(work)
+    if isinstance(routed, OnReplica):
+        res.metrics.replica_reads.labels("replica", "caught_up").inc()
+        return routed.value
+    res.metrics.replica_reads.labels("primary", routed.reason).inc()
+    return await read(res, work)
+
+
+def open_replica(settings: Settings, primary: AsyncEngine) -> Replica | None:
+    """The replica's pool (lazy: nothing connects until a read asks), or None without one."""
+    if settings.database_read_url is None:
+        return None
+    engine = create_engine(
+        settings.database_read_url,
+        pool_size=settings.pool_size,
+        pool_timeout_s=settings.pool_timeout_s,
+        statement_timeout_ms=settings.statement_timeout_ms,
+        application_name="wallet-replica",
+    )
+    return Replica(
+        engine.execution_options(isolation_level="AUTOCOMMIT"),
+        primary,
+        max_wait_s=settings.replica_max_wait_ms / 1000,
+        retry_s=settings.replica_retry_s,
+    )
 
 
 async def post(res: Resources, work: Callable[[AsyncConnection], Awaitable[T]], *, kind: str) -> T:

@@ -19,6 +19,14 @@ class Settings(BaseSettings):
     )
     # The schema owner, for migrations and operator commands; defaults to DATABASE_URL.
     migrate_database_url: str | None = None
+    # A hot standby for reads that may come from it (history, lookups, balances at an instant):
+    # used once it has replayed every acknowledged write, else the primary (wallet/replica.py).
+    database_read_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_READ_URL", "WALLET_DATABASE_READ_URL"),
+    )
+    replica_max_wait_ms: int = Field(default=10, ge=0)  # for the replica to catch up; then primary
+    replica_retry_s: float = Field(default=5.0, gt=0)  # leave a failed replica alone this long
     data_dir: Path = Path(".wallet")
     env: Literal["development", "test", "production"] = "development"
 

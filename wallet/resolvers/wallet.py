@@ -21,7 +21,7 @@ from wallet.inputs import (
 )
 from wallet.resolvers.common import metadata_filter, posting
 from wallet.resolvers.context import Context
-from wallet.resources import read
+from wallet.resources import read, read_replica
 
 MAX_PAGE = 100
 PAGE = 500  # missed balance changes read at a time
@@ -108,7 +108,7 @@ async def ledger_page(
         since=since,
         until=until,
     )
-    return await read(
+    return await read_replica(  # may come from the replica, never missing our writes
         ctx.resources,
         lambda conn: ledger.history(conn, user_id, limit=first, before=before, filters=filters),
     )

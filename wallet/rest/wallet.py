@@ -24,7 +24,7 @@ from wallet.inputs import (
     parse_tx_type,
     parse_user_id,
 )
-from wallet.resources import post, principal, read, resources
+from wallet.resources import post, principal, read, read_replica, resources
 from wallet.rest.common import idempotency_key, optional_id, query_param, replayed_header
 
 
@@ -127,7 +127,7 @@ async def get_transactions(request: Request) -> Response:
     cursor = query_param(request, "cursor")
     before = ledger.decode_cursor(cursor) if cursor else None
     filters = history_filter(request)
-    page = await read(
+    page = await read_replica(  # a page may come from the replica, never missing our writes
         resources(request),
         lambda conn: ledger.history(conn, user_id, limit=limit, before=before, filters=filters),
     )
