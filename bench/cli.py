@@ -17,10 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from sqlalchemy.engine import make_url
 
 from bench import capture, cpu, load, pgbench, report, seeding, service
 from bench.measure import Measurement
-from bench.scenarios import CEILINGS, ORDER, REQUESTS, SAMPLE_USER, SCENARIOS, ceiling, scenario
+from bench.scenarios import (
+    CEILINGS,
+    ORDER,
+    REFERENCE_CEILING,
+    REQUESTS,
+    SAMPLE_USER,
+    SCENARIOS,
+    SECOND_USER,
+    ceiling,
+    scenario,
+)
+from wallet import auth as wallet_auth
+from wallet.db.engine import create_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -175,6 +188,7 @@ def _scripts(url: str, cfg: Config) -> tuple[dict[str, str], dict[str, Any]]:
                 known=known,
                 users=cfg.users if c.capture != "graphql-wallet" else cfg.history_users,
                 replace=c.replace,
+                second_user=SECOND_USER if c.second_user else None,
             )
         except ValueError as error:
             if not c.diagnostic:
@@ -184,13 +198,33 @@ def _scripts(url: str, cfg: Config) -> tuple[dict[str, str], dict[str, Any]]:
     return scripts, costs
 
 
+@dataclass
+class Beside:
+    """What runs beside the service: the floor app on the same database, the service with an
+    API key configured on a copy of it, and the reference posting's own database."""
+
+    floor: service.Service
+    auth: service.Service
+    auth_key: str
+    reference_url: str
+
+
 class Runner:
     """Runs one measured cell: maintenance first, then pgbench or wrk, with the CPU split."""
 
-    def __init__(self, cfg: Config, url: str, svc: service.Service, scripts: dict[str, str]):
+    def __init__(
+        self,
+        cfg: Config,
+        url: str,
+        svc: service.Service,
+        scripts: dict[str, str],
+        beside: Beside | None = None,
+    ):
         self.cfg, self.url, self.svc, self.scripts = cfg, url, svc, scripts
+        self.beside = beside
         self.tag = f"b{int(time.time())}"
-        self.worker_pids = [w.pid for w in svc.workers()]
+        servers = [svc, beside.floor, beside.auth] if beside else [svc]
+        self.worker_pids = [w.pid for s in servers for w in s.workers()]
 
     def _measured(self, run: Callable[[], Measurement]) -> Measurement:
         asyncio.run(seeding.maintenance(self.url))
@@ -220,11 +254,53 @@ class Runner:
             env=dict(os.environ),
         )
 
-    def _service(self, name: str, clients: int, rep: int, duration_s: int) -> Measurement:
+    def other(self, kind: str, name: str, clients: int, rep: int, duration_s: int) -> Measurement:
+        """A floor, auth-on or reference run (named `floor/<scenario>` and the like)."""
+        if self.beside is None:
+            raise RuntimeError("no floor, auth-on service or reference beside this run")
+        beside = self.beside
+        if kind == "reference":
+            return self._measured(
+                lambda: pgbench.run(
+                    beside.reference_url,
+                    reference_script(),
+                    name=name,
+                    clients=clients,
+                    duration_s=duration_s,
+                    rep=rep,
+                    env=dict(os.environ),
+                )
+            )
+        target = beside.floor if kind == "floor" else beside.auth
+        auth = beside.auth_key if kind == "auth" else "-"
+        return self._measured(
+            lambda: self._service(
+                name,
+                clients,
+                rep,
+                duration_s,
+                base_url=target.base_url,
+                label=f"{kind}/{name}",
+                auth=auth,
+            )
+        )
+
+    def _service(
+        self,
+        name: str,
+        clients: int,
+        rep: int,
+        duration_s: int,
+        *,
+        base_url: str | None = None,
+        label: str | None = None,
+        auth: str = "-",
+    ) -> Measurement:
         s = scenario(name)
         return load.run(
-            self.svc.base_url,
-            name=name,
+            base_url or self.svc.base_url,
+            auth=auth,
+            name=label or name,
             mode=s.mode,
             clients=clients,
             duration_s=duration_s,
@@ -232,7 +308,7 @@ class Runner:
             users=self.cfg.users,
             history_users=self.cfg.history_users,
             hot_user=str(seeding.HOT_WALLET),
-            tag=f"{self.tag}-{name}-c{clients}-r{rep}",
+            tag=f"{self.tag}-{(label or name).replace('/', '-')}-c{clients}-r{rep}",
             query=s.query,
         )
 
@@ -241,8 +317,62 @@ def _wanted(scenarios: list[str]) -> set[str]:
     """The chosen scenarios, their ceilings, and the ceilings their targets name."""
     wanted = set(scenarios) | {scenario(n).ceiling for n in scenarios}
     if "topup-many" in wanted:
-        wanted |= {"transact-hot-row", "transact-no-notify"}
+        wanted |= {"transact-hot-row", REFERENCE_CEILING}
     return wanted
+
+
+async def _bench_key(url: str) -> str:
+    """An API key on the auth-on copy: once one exists, that service requires credentials."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            return await wallet_auth.create_key(conn, name="bench", scopes=["read", "transact"])
+    finally:
+        await engine.dispose()
+
+
+REFERENCE_DIR = Path(
+    os.environ.get(
+        "WALLET_BENCH_REFERENCE",
+        str(Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "dbceiling"),
+    )
+)
+
+
+def reference_script() -> str:
+    """The reference's one-round-trip posting over 64 Treasury rows, as its run.sh runs it."""
+    return (REFERENCE_DIR / "wallet_sharded_fn.sql").read_text()
+
+
+@contextlib.contextmanager
+def beside_the_service(cfg: Config, url: str, out: Path, clock: Clock) -> Iterator[Beside]:
+    """The floor on `url`, an auth-on service on a copy of it, and the reference database."""
+    source = make_url(url).database
+    auth_name, reference_name = f"{source}_auth", f"{source}_reference"
+    auth_url = asyncio.run(seeding.clone_database(cfg.server_url, str(source), auth_name))
+    reference_url = asyncio.run(seeding.create_database(cfg.server_url, reference_name))
+    try:
+        secret = asyncio.run(_bench_key(auth_url))
+        if REFERENCE_DIR.is_dir():
+            asyncio.run(seeding.load_reference(reference_url, str(REFERENCE_DIR)))
+        else:
+            clock.say(f"no reference at {REFERENCE_DIR} (WALLET_BENCH_REFERENCE): not measured")
+        with (
+            service.serve(
+                url, workers=cfg.workers, log_path=out / "floor.log", floor=True
+            ) as floor,
+            service.serve(
+                auth_url,
+                workers=cfg.workers,
+                log_path=out / "serve-auth.log",
+                extra_env=cfg.service_env,
+            ) as authed,
+        ):
+            clock.say("floor app and auth-on service are up")
+            yield Beside(floor, authed, secret, reference_url)
+    finally:
+        for name in (auth_name, reference_name):
+            asyncio.run(seeding.drop_database(cfg.server_url, name))
 
 
 def _line(m: Measurement) -> str:
@@ -272,14 +402,18 @@ def cmd_run(cfg: Config) -> int:
         clock.say("captured the service's SQL: " + _costs_line(costs))
         measurements: list[Measurement] = []
         warmups: list[Measurement] = []
-        with service.serve(
-            url, workers=cfg.workers, log_path=out / "serve.log", extra_env=cfg.service_env
-        ) as svc:
-            runner = Runner(cfg, url, svc, scripts)
+        with (
+            beside_the_service(cfg, url, out, clock) as beside,
+            service.serve(
+                url, workers=cfg.workers, log_path=out / "serve.log", extra_env=cfg.service_env
+            ) as svc,
+        ):
+            runner = Runner(cfg, url, svc, scripts, beside)
             rss_start = svc.worker_rss_mb()
             clock.say(f"wallet serve --workers {cfg.workers}: RSS {_mb(rss_start)}")
             for name in cfg.scenarios:
-                warmups.append(runner.service(name, 8, -1, cfg.warmup_s))
+                levels = scenario(name).levels
+                warmups.append(runner.service(name, levels[0] if levels else 8, -1, cfg.warmup_s))
             clock.say("warmed up")
             wanted = _wanted(cfg.scenarios)
             for clients in cfg.clients:
@@ -288,7 +422,19 @@ def cmd_run(cfg: Config) -> int:
                     for kind, name in ORDER:
                         if name not in wanted:
                             continue
-                        if kind == "ceiling":
+                        at_target = clients == cfg.target_clients
+                        if kind in ("auth", "reference") and not at_target:
+                            continue
+                        if kind == "reference" and not REFERENCE_DIR.is_dir():
+                            continue
+                        if kind in ("floor", "auth", "reference"):
+                            m = runner.other(kind, name, clients, rep, cfg.duration_s)
+                        elif kind == "service" and scenario(name).levels:
+                            if not at_target:  # measured once per target round, at its level
+                                continue
+                            level = scenario(name).levels[0]
+                            m = runner.service(name, level, rep, cfg.duration_s)
+                        elif kind == "ceiling":
                             c = ceiling(name)
                             if name not in scripts or (
                                 c.diagnostic and clients != cfg.target_clients

@@ -45,6 +45,7 @@ def run(
     hot_user: str,
     tag: str,
     query: str = "-",
+    auth: str = "-",
 ) -> Measurement:
     """wrk for `duration_s` seconds with `clients` connections over min(clients, 2) threads."""
     if '"' in query or "\\" in query:
@@ -70,6 +71,7 @@ def run(
         hot_user,
         tag,
         query,
+        auth,
     ]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=duration_s + 60, check=False

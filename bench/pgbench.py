@@ -53,6 +53,7 @@ def render(
     random_user: uuid.UUID | None,
     known: frozenset[uuid.UUID],
     key_prefix: str = "capture-",
+    second_user: uuid.UUID | None = None,
 ) -> str:
     """One statement as a pgbench command: the sample user becomes `:u`, the Idempotency-Key
     and any UUID the request did not name (the new transaction's id) are fresh per transaction,
@@ -62,6 +63,8 @@ def render(
         value = statement.params[int(match.group(1)) - 1]
         if random_user is not None and value == random_user:
             return user_id_sql("u")
+        if second_user is not None and value == second_user:
+            return user_id_sql("v")
         if isinstance(value, str) and value.startswith(key_prefix):
             return "(gen_random_uuid()::text)"
         if isinstance(value, uuid.UUID) and value not in known:
@@ -78,14 +81,17 @@ def script(
     known: frozenset[uuid.UUID],
     users: int,
     replace: tuple[str, str] | None = None,
+    second_user: uuid.UUID | None = None,
 ) -> str:
     """A pgbench script: each statement its own command (autocommit), as the service's pooled
     connections send them; `replace` swaps one name in the SQL (the no-NOTIFY diagnostic)."""
     lines = [f"-- made by bench from {len(statements)} captured statement(s)"]
     if random_user is not None:
         lines.append(f"\\set u random(1, {users})")
+    if second_user is not None:  # a second random user: a transfer's recipient
+        lines.append(f"\\set v random(1, {users})")
     for statement in statements:
-        sql = render(statement, random_user=random_user, known=known)
+        sql = render(statement, random_user=random_user, known=known, second_user=second_user)
         if replace is not None:
             if replace[0] not in sql:
                 raise ValueError(f"{replace[0]!r} is not in the captured SQL")

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure import Cell, Measurement, cell, paired_ratio
-from bench.scenarios import CEILINGS, SCENARIOS
+from bench.scenarios import (
+    AUTH_SCENARIOS,
+    CEILINGS,
+    FLOOR_SCENARIOS,
+    REFERENCE_CEILING,
+    SCENARIOS,
+    scenario,
+)
 
 LEGACY_READS_PER_S = 4000  # the legacy Node.js service's balance reads on this machine kind
 
@@ -54,52 +61,107 @@ class Results:
         return sorted({c for _, c in self.cells})
 
 
+def _ratio_target(
+    results: Results, name: str, numerator: str, denominator: str, at: int, needs: float
+) -> Target | None:
+    """numerator / denominator at `at` clients (median of back-to-back pairs) >= needs."""
+    num, den = results.get(numerator, at), results.get(denominator, at)
+    if num is None or den is None:
+        return None
+    ratio = results.ratio(numerator, denominator, at)
+    return Target(
+        f"{name}@{at}",
+        ratio,
+        f">= {needs:.2f}",
+        ratio >= needs,
+        f"({num.tps:,.0f} vs {den.tps:,.0f} per s)",
+    )
+
+
+def _p99_target(results: Results, name: str, at: int, limit_ms: float) -> Target | None:
+    found = results.get(name, at)
+    if found is None:
+        return None
+    return Target(
+        f"{name}@{at} p99 latency (ms)",
+        found.p99_ms,
+        f"<= {limit_ms:.0f}",
+        found.p99_ms <= limit_ms,
+        f"(p50 {found.p50_ms:.1f} ms)",
+    )
+
+
 def targets(
     results: Results, *, at: int, hot_wallet: dict[str, Any], audit_ok: bool
 ) -> list[Target]:
-    """The issue's targets at `at` clients; every ratio is a median of back-to-back pairs."""
-    found: list[Target] = []
+    """The issues' targets at `at` clients; every ratio is a median of back-to-back pairs."""
+    found: list[Target | None] = [
+        _ratio_target(
+            results, "read-balance / floor", "read-balance", "floor/read-balance", at, 0.7
+        ),
+        _p99_target(results, "read-balance", at, 25),
+        _ratio_target(results, "topup-many / floor", "topup-many", "floor/topup-many", at, 0.8),
+        _p99_target(results, "topup-many", at, 50),
+        _ratio_target(
+            results,
+            "posting SQL ceiling / reference posting",
+            "transact",
+            REFERENCE_CEILING,
+            at,
+            0.65,
+        ),
+        _ratio_target(
+            results, "graphql-wallet / read-balance", "graphql-wallet", "read-balance", at, 0.35
+        ),
+        _ratio_target(
+            results, "graphql-transact / REST transact", "graphql-transact", "topup-many", at, 0.8
+        ),
+        _ratio_target(
+            results, "auth on / open: topup-many", "auth/topup-many", "topup-many", at, 0.9
+        ),
+        _ratio_target(
+            results, "auth on / open: read-balance", "auth/read-balance", "read-balance", at, 0.9
+        ),
+        _ratio_target(
+            results, "topup-many / its SQL under pgbench", "topup-many", "transact", at, 0.3
+        ),
+        _ratio_target(
+            results,
+            "topup-many / single-hot-row ceiling",
+            "topup-many",
+            "transact-hot-row",
+            at,
+            1.0,
+        ),
+        _ratio_target(
+            results, "transfer-many / its SQL under pgbench", "transfer-many", "transfer", at, 0.3
+        ),
+        _ratio_target(
+            results, "spend-hot / one-row ceiling", "spend-hot", "spend-one-row", at, 0.5
+        ),
+    ]
     topup = results.get("topup-many", at)
-    if topup is not None:
-        ratio = results.ratio("topup-many", "transact", at)
+    batch = _fixed(results, "batch-bonus-1000")
+    if batch is not None and topup is not None:
+        postings = batch.tps * scenario("batch-bonus-1000").postings_per_request
         found.append(
             Target(
-                f"topup-many@{at} / one-round-trip ceiling",
-                ratio,
-                ">= 0.30",
-                ratio >= 0.30,
-                f"({topup.tps:,.0f} TPS vs {_tps(results, 'transact', at)})",
+                f"batch of 1,000 BONUS: postings/s / topup-many@{at}",
+                postings / topup.tps if topup.tps else 0.0,
+                ">= 5.00",
+                postings >= 5 * topup.tps,
+                f"({postings:,.0f} postings/s at {batch.clients} clients vs {topup.tps:,.0f})",
             )
         )
+    small = _fixed(results, "batch-atomic-100")
+    if small is not None:
         found.append(
             Target(
-                f"topup-many@{at} p99 latency (ms)",
-                topup.p99_ms,
-                "<= 50",
-                topup.p99_ms <= 50,
-                f"(p50 {topup.p50_ms:.1f} ms)",
-            )
-        )
-        hot = results.ratio("topup-many", "transact-hot-row", at)
-        found.append(
-            Target(
-                f"topup-many@{at} / single-hot-row ceiling",
-                hot,
-                "> 1.00",
-                hot > 1.0,
-                f"({topup.tps:,.0f} TPS vs {_tps(results, 'transact-hot-row', at)})",
-            )
-        )
-    spend = results.get("spend-hot", at)
-    if spend is not None:
-        ratio = results.ratio("spend-hot", "spend-one-row", at)
-        found.append(
-            Target(
-                f"spend-hot@{at} / one-row ceiling",
-                ratio,
-                ">= 0.50",
-                ratio >= 0.5,
-                f"({spend.tps:,.0f} TPS vs {_tps(results, 'spend-one-row', at)})",
+                "atomic batch of 100: median latency (ms)",
+                small.p50_ms,
+                "<= 100",
+                small.p50_ms <= 100,
+                f"(p99 {small.p99_ms:.1f} ms, {small.clients} client)",
             )
         )
     found.append(
@@ -111,40 +173,13 @@ def targets(
             f"({hot_wallet.get('spends', 0):,} SPENDs; audit {'passed' if audit_ok else 'FAILED'})",
         )
     )
-    gql = results.get("graphql-transact", at)
-    if gql is not None and topup is not None:
-        ratio = results.ratio("graphql-transact", "topup-many", at)
-        found.append(
-            Target(
-                f"graphql-transact@{at} / REST transact",
-                ratio,
-                ">= 0.60",
-                ratio >= 0.6,
-                f"({gql.tps:,.0f} vs {topup.tps:,.0f} TPS)",
-            )
-        )
-    reads = results.get("read-balance", at)
-    if reads is not None:
-        ratio = results.ratio("read-balance", "balance-select", at)
-        found.append(
-            Target(
-                f"read-balance@{at} / the route's SELECT under pgbench",
-                ratio,
-                ">= 0.50",
-                ratio >= 0.5,
-                f"({reads.tps:,.0f} vs {_tps(results, 'balance-select', at)} per s)",
-            )
-        )
-        found.append(
-            Target(
-                f"read-balance@{at} requests/s",
-                reads.tps,
-                f">= {LEGACY_READS_PER_S:,}",
-                reads.tps >= LEGACY_READS_PER_S,
-                "(the legacy service's reads on this machine kind)",
-            )
-        )
-    return found
+    return [t for t in found if t is not None]
+
+
+def _fixed(results: Results, name: str) -> Cell | None:
+    """The cell of a scenario measured at one client count only."""
+    levels = scenario(name).levels
+    return results.get(name, levels[0]) if levels else None
 
 
 def _us(cpu: dict[str, float], key: str) -> str:
@@ -188,7 +223,16 @@ def markdown(
         " | CPU µs/ok: service | CPU µs/ok: PostgreSQL | cores: service/pg/load/others/idle |"
     )
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
-    order = [(s.name, "service") for s in SCENARIOS] + [(c.name, "ceiling") for c in CEILINGS]
+    services = [
+        *(s.name for s in SCENARIOS),
+        *(f"floor/{n}" for n in FLOOR_SCENARIOS),
+        *(f"auth/{n}" for n in AUTH_SCENARIOS),
+    ]
+    order = [
+        *((n, "service") for n in services),
+        *((c.name, "ceiling") for c in CEILINGS),
+        (REFERENCE_CEILING, "ceiling"),
+    ]
     for name, kind in order:
         for c in levels:
             found = results.get(name, c)
@@ -226,17 +270,15 @@ def chart(results: Results, path: Path, *, title: str) -> None:
     import matplotlib.pyplot as plt
 
     levels = results.clients()
-    fig, axes = plt.subplots(2, 3, figsize=(15, 9), constrained_layout=True)
+    fig, axes = plt.subplots(3, 3, figsize=(15, 13), constrained_layout=True)
     flat = list(axes.flat)
     for ax, s in zip(flat, SCENARIOS, strict=False):
         _series(ax, results, s.name, levels, "service", "o-", "tab:blue")
         _series(ax, results, s.ceiling, levels, f"ceiling: {s.ceiling}", "s--", "tab:red")
+        if s.name in FLOOR_SCENARIOS:
+            _series(ax, results, f"floor/{s.name}", levels, "floor app", "D-.", "tab:green")
         if s.name == "topup-many":
             _series(ax, results, "transact-hot-row", levels, "ceiling: one hot row", "^:", "k")
-            no_notify = [(c, results.get("transact-no-notify", c)) for c in levels]
-            points = [(c, x.tps) for c, x in no_notify if x is not None]
-            if points:
-                ax.plot(*zip(*points, strict=True), "D", color="tab:green", label="no NOTIFY")
         values = [x.tps for c in levels for n in (s.name, s.ceiling) if (x := results.get(n, c))]
         if values and max(values) > 10 * max(1.0, min(values)):
             ax.set_yscale("log")  # a ceiling far above the service: keep both readable

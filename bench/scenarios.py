@@ -22,6 +22,7 @@ TRANSACT_MUTATION = (
 )
 
 SAMPLE_USER = user_id(1)  # the captures' user; the pgbench scripts replace it with `:u`
+SECOND_USER = user_id(2)  # a transfer's recipient in the capture; `:v` in its pgbench script
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,18 @@ REQUESTS = [
     _transact("spend-hot", HOT_WALLET, ASSET, "SPEND"),
     RequestSpec("read-balance", "GET", f"/api/wallet/balance/{SAMPLE_USER}"),
     RequestSpec(
+        "transfer",
+        "POST",
+        "/api/wallet/transfer",
+        {
+            "fromUserId": str(SAMPLE_USER),
+            "toUserId": str(SECOND_USER),
+            "amount": 1,
+            "assetSlug": ASSET,
+        },
+        key_in="header",
+    ),
+    RequestSpec(
         "graphql-wallet",
         "POST",
         "/graphql",
@@ -95,6 +108,7 @@ class Ceiling:
     random_user: bool = True
     replace: tuple[str, str] | None = None  # a diagnostic variant of the service's SQL
     diagnostic: bool = False  # measured at the target concurrency only; no target uses it
+    second_user: bool = False  # the capture's SECOND_USER becomes a second random user
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +118,8 @@ class Scenario:
     ceiling: str
     title: str
     query: str = "-"  # the GraphQL document wrk.lua sends
+    levels: tuple[int, ...] = ()  # measured at these client counts only (default: all)
+    postings_per_request: int = 1
 
 
 CEILINGS = [
@@ -116,14 +132,11 @@ CEILINGS = [
     Ceiling("spend-one-row", "spend-hot", "wallet_transact SPEND on one wallet", False),
     Ceiling("balance-select", "read-balance", "the balance route's own SELECT"),
     Ceiling("wallet-query-sql", "graphql-wallet", "every statement the wallet query runs"),
-    Ceiling(
-        "transact-no-notify",
-        "topup",
-        "diagnostic: wallet_transact minus its pg_notify (a bench-only copy)",
-        replace=("wallet_transact(", "wallet_transact_bench_no_notify("),
-        diagnostic=True,
-    ),
+    Ceiling("transfer", "transfer", "wallet_transfer between two random users", second_user=True),
 ]
+# The minimal one-round-trip posting of the team's reference measurement
+# (../shared/reference/dbceiling, wallet_sharded_fn.sql), on its own schema and database.
+REFERENCE_CEILING = "reference-posting"
 
 SCENARIOS = [
     Scenario("topup-many", "topup", "transact", "REST TOPUP across 10,000 users"),
@@ -143,21 +156,51 @@ SCENARIOS = [
         "GraphQL wallet: balances + 20-entry ledger page",
         WALLET_QUERY,
     ),
+    Scenario("transfer-many", "transfer", "transfer", "REST TRANSFER between random users"),
+    Scenario(
+        "batch-bonus-1000",
+        "batch1000",
+        "transact",
+        "REST atomic batch: 1,000 BONUS over 1,000 users (each client its own users)",
+        levels=(2,),
+        postings_per_request=1000,
+    ),
+    Scenario(
+        "batch-atomic-100",
+        "batch100",
+        "transact",
+        "REST atomic batch of 100 BONUS, one client",
+        levels=(1,),
+        postings_per_request=100,
+    ),
 ]
+# Beside the service, at the same worker count: the floor (bench/floor.py) on these scenarios,
+# and the service with an API key configured (auth on), at the target concurrency.
+FLOOR_SCENARIOS = ("topup-many", "read-balance")
+AUTH_SCENARIOS = ("topup-many", "read-balance")
 
 # Run order inside one round: each scenario right after its ceiling(s), under the same noise.
+# "floor" and "auth" runs are named "floor/<scenario>" and "auth/<scenario>".
 ORDER: list[tuple[str, str]] = [
+    ("reference", REFERENCE_CEILING),
     ("ceiling", "transact"),
     ("ceiling", "transact-hot-row"),
-    ("ceiling", "transact-no-notify"),
     ("service", "topup-many"),
+    ("floor", "topup-many"),
+    ("auth", "topup-many"),
     ("service", "graphql-transact"),
     ("ceiling", "spend-one-row"),
     ("service", "spend-hot"),
     ("ceiling", "balance-select"),
     ("service", "read-balance"),
+    ("floor", "read-balance"),
+    ("auth", "read-balance"),
     ("ceiling", "wallet-query-sql"),
     ("service", "graphql-wallet"),
+    ("ceiling", "transfer"),
+    ("service", "transfer-many"),
+    ("service", "batch-bonus-1000"),
+    ("service", "batch-atomic-100"),
 ]
 
 

@@ -26,7 +26,6 @@ HOT_WALLET_BALANCE = 10**15  # spend-hot takes 1 a request: it never runs dry
 HISTORY_ENTRIES = 20  # graphql-wallet's users hold a full 20-entry ledger page
 BATCH = 10_000  # postings per database transaction while seeding
 SEED_SCOPE = "bench-seed"
-NO_NOTIFY_FUNCTION = "wallet_transact_bench_no_notify"
 
 
 def user_id(n: int) -> uuid.UUID:
@@ -93,7 +92,7 @@ SELECT count(*) FILTER (WHERE t.outcome = 'COMPLETED')
   FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::bigint[])
        WITH ORDINALITY AS p(user_id, key, fingerprint, asset, type, amount, n),
        LATERAL wallet_transact($7, p.key, p.fingerprint, p.user_id, p.asset, p.type, p.amount,
-                               gen_random_uuid()) AS t
+                               gen_random_uuid(), $7, NULL, '{}') AS t
 """
 
 
@@ -139,21 +138,6 @@ async def _ensure_hot_row_asset(database_url: str) -> None:
         await engine.dispose()
 
 
-async def _no_notify_copy(conn: asyncpg.Connection) -> bool:
-    """A bench-only copy of wallet_transact without its pg_notify, to price the NOTIFY alone."""
-    source = await conn.fetchval(
-        "SELECT pg_get_functiondef(p.oid) FROM pg_proc p WHERE p.proname = 'wallet_transact'"
-        " ORDER BY p.oid DESC LIMIT 1"
-    )
-    if not source or "PERFORM pg_notify(" not in source:
-        return False
-    copy = source.replace("PERFORM pg_notify(", "PERFORM (", 1).replace(
-        "FUNCTION public.wallet_transact(", f"FUNCTION public.{NO_NOTIFY_FUNCTION}(", 1
-    )
-    await conn.execute(copy)
-    return True
-
-
 async def prepare(database_url: str, *, users: int, history_users: int) -> SeedReport:
     """Migrate, seed (the service's own seed), then bench users, balances and history."""
     started = time.monotonic()
@@ -186,7 +170,6 @@ async def prepare(database_url: str, *, users: int, history_users: int) -> SeedR
             for n in range(1, history_users + 1)
         ]
         posted = await post_in_bulk(conn, postings)
-        await _no_notify_copy(conn)
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
@@ -267,3 +250,29 @@ async def server_facts(database_url: str) -> dict[str, str]:
     finally:
         await conn.close()
     return {r["name"]: r["value"] for r in rows}
+
+
+async def clone_database(server_url: str, source: str, name: str) -> str:
+    """A copy of the seeded database (CREATE DATABASE ... TEMPLATE: a file copy, seconds)."""
+    conn = await asyncpg.connect(asyncpg_dsn(server_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, name)
+
+
+async def load_reference(database_url: str, directory: str) -> None:
+    """The reference ceiling's own schema and function (../shared/reference/dbceiling), read
+    from where the team keeps them, into a database of their own."""
+    from pathlib import Path
+
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        schema = (Path(directory) / "schema.sql").read_text()
+        for statement in schema.split(";"):  # one at a time: it ends with a VACUUM
+            if statement.strip():
+                await conn.execute(statement)
+        await conn.execute((Path(directory) / "functions.sql").read_text())
+    finally:
+        await conn.close()

@@ -1,25 +1,29 @@
 -- wrk script for `make bench`: every request is distinct, as real traffic is.
 --
--- wrk -s bench/wrk.lua URL -- MODE USERS HISTORY_USERS HOT_USER TAG QUERY
---   MODE: topup | spend-hot | read-balance | graphql-wallet | graphql-transact
+-- wrk -s bench/wrk.lua URL -- MODE USERS HISTORY_USERS HOT_USER TAG QUERY AUTH
+--   MODE: topup | spend-hot | read-balance | graphql-wallet | graphql-transact | transfer
+--         | batch1000 (an atomic batch of 1,000 BONUS over the thread's own 1,000 users)
+--         | batch100 (an atomic batch of 100 BONUS over random users)
 --   USERS: bench users are 1..USERS (ids 00000000-0000-4000-8000-<12 hex digits>)
 --   HISTORY_USERS: graphql-wallet reads users 1..HISTORY_USERS (20+ entries each)
 --   HOT_USER: the one wallet spend-hot drains
 --   TAG: makes this run's Idempotency-Keys unique
 --   QUERY: the GraphQL document (bench/scenarios.py holds them), "-" for REST modes
+--   AUTH: an API key sent as Authorization: Bearer on every request, "-" for none
 --
 -- Transactions carry their own Idempotency-Key (TAG-thread-counter), so no request is a replay.
 -- A response counts as `ok` only if it is a 200 whose body says it succeeded; `done` prints one
 -- JSON line (prefixed BENCH_JSON) with the counts and latency percentiles for the harness.
 
-local mode, users, history_users, hot_user, tag, query
+local mode, users, history_users, hot_user, tag, query, auth
 local counter = 0
 ok = 0  -- globals: read from the main state with thread:get()
 bad = 0
 local threads = {}
 local expect
 
-local JSON = { ["Content-Type"] = "application/json" }
+JSON = { ["Content-Type"] = "application/json" }
+BARE = {}
 
 function setup(thread)
   table.insert(threads, thread)
@@ -33,6 +37,11 @@ function init(args)
   hot_user = args[4]
   tag = args[5]
   query = args[6]
+  auth = args[7]
+  if auth ~= nil and auth ~= "-" then
+    JSON["Authorization"] = "Bearer " .. auth
+    BARE = { ["Authorization"] = "Bearer " .. auth }
+  end
   math.randomseed(os.time() * 1009 + id * 7919)
   if mode == "graphql-wallet" then
     expect = '"ledger"'
@@ -52,11 +61,35 @@ local function key()
   return string.format("%s-%d-%d", tag, id, counter)
 end
 
+local function keyed()
+  local headers = { ["Idempotency-Key"] = key() }
+  for name, value in pairs(JSON) do headers[name] = value end
+  return headers
+end
+
 local function transact(user_id, kind)
-  local headers = { ["Content-Type"] = "application/json", ["Idempotency-Key"] = key() }
   local body = string.format(
     '{"userId":"%s","amount":1,"assetSlug":"gold_coins","type":"%s"}', user_id, kind)
-  return wrk.format("POST", "/api/wallet/transact", headers, body)
+  return wrk.format("POST", "/api/wallet/transact", keyed(), body)
+end
+
+local function transfer()
+  local from, to = user(users), user(users)
+  local body = string.format(
+    '{"fromUserId":"%s","toUserId":"%s","amount":1,"assetSlug":"gold_coins"}', from, to)
+  return wrk.format("POST", "/api/wallet/transfer", keyed(), body)
+end
+
+local function batch(size, first)
+  local ops = {}
+  for i = 1, size do
+    local n = first and (first + i - 1) or math.random(users)
+    ops[i] = string.format(
+      '{"op":"BONUS","userId":"00000000-0000-4000-8000-%012x","amount":1,"assetSlug":"gold_coins"}',
+      n)
+  end
+  local body = '{"atomic":true,"operations":[' .. table.concat(ops, ",") .. ']}'
+  return wrk.format("POST", "/api/wallet/batch", keyed(), body)
 end
 
 function request()
@@ -65,7 +98,13 @@ function request()
   elseif mode == "spend-hot" then
     return transact(hot_user, "SPEND")
   elseif mode == "read-balance" then
-    return wrk.format("GET", "/api/wallet/balance/" .. user(users))
+    return wrk.format("GET", "/api/wallet/balance/" .. user(users), BARE)
+  elseif mode == "transfer" then
+    return transfer()
+  elseif mode == "batch1000" then
+    return batch(1000, (id - 1) * 1000 + 1)
+  elseif mode == "batch100" then
+    return batch(100, nil)
   elseif mode == "graphql-wallet" then
     local body = string.format('{"query":"%s","variables":{"id":"%s"}}',
       query, user(history_users))
