@@ -5,6 +5,7 @@ so they stay the service's SQL whatever the code becomes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -112,6 +113,9 @@ async def _client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """The real app, lifespan and all, behind an in-process HTTP client."""
     app = create_app(Settings(DATABASE_URL=database_url, env="production"))
     async with app.router.lifespan_context(app) as state:
+        # As in a served process: the auth cache is trusted once its listener is up.
+        resources = (state or {})["resources"]
+        await asyncio.wait_for(resources.auth.until_listening(), timeout=10)
 
         async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
             scope["state"] = dict(state or {})  # what uvicorn does with the lifespan's state
