@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
-.PHONY: install browser run test lint format lock schema bench bench-soak chaos chaos-ci clean
+.PHONY: install browser run test lint format lock schema bench bench-soak chaos chaos-ci backup-drill clean
 
 # The embedded PostgreSQL (`wallet[embedded]`) and the tracing extra come with the dev lock.
 $(BIN)/wallet: requirements.lock pyproject.toml
@@ -73,6 +73,11 @@ chaos: $(BIN)/wallet  ## 60 s of load per scenario; writes chaos/results/latest.
 
 chaos-ci: $(BIN)/wallet  ## 8 s of load per scenario, about two minutes in all
 	$(BIN)/python -m chaos --duration 8
+
+# pg_dump under write load, restored into a new database, audited, every acknowledged posting
+# found (chaos/backup_drill.py); on the local PostgreSQL, or DRILL_SERVER_URL.
+backup-drill: $(BIN)/wallet  ## the backup drill, about 30 s
+	$(BIN)/python -m chaos.backup_drill
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
