@@ -36,7 +36,9 @@ from wallet.logging import configure_logging
 from wallet.observability import Metrics, ObserveMiddleware
 from wallet.openapi import openapi_json
 from wallet.resources import Resources, open_replica, principal, resources
+from wallet.rest.batches import BATCH_PATH
 from wallet.settings import Settings
+from wallet.sweeper import HoldSweeper
 from wallet.tracing import Tracing
 
 GAUGE_PERIOD_S = 1.0  # how often a worker refreshes its pool and subscriber gauges
@@ -79,6 +81,8 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
         # Single-statement reads; it hears key changes on a connection of its own.
         auth = Authenticator(settings, autocommit, listen_url=database_url)
         auth.start()
+        sweeper = HoldSweeper(autocommit)  # releases expired holds, in every process
+        sweeper.start()
         metrics.watch_pool("primary", engine)
         replica = open_replica(settings, autocommit)  # DATABASE_READ_URL, when set
         if replica is not None:
@@ -105,6 +109,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             with contextlib.suppress(asyncio.CancelledError):
                 await gauges
             metrics.process_exited()
+            await sweeper.close()
             await auth.close()
             await feed.close()
             await engine.dispose()
@@ -150,7 +155,11 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
                 allowed_origins=settings.cors_origin_list,
             ),
             *cors,
-            Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
+            Middleware(
+                BodyLimitMiddleware,
+                limit=settings.max_body_bytes,
+                path_limits={BATCH_PATH: settings.max_batch_bytes},
+            ),
             Middleware(AuthMiddleware),
         ],
         exception_handlers={

@@ -141,6 +141,23 @@ class Principal:
         if not self.may_read_transaction(user_ids or ()):
             raise Forbidden("These credentials may not read this transaction.")
 
+    def may_hold(self) -> bool:
+        """Holds are a back end's tool: a key (or open mode) with `transact`, never an end-user
+        token, whatever it may do with its own wallet."""
+        return self.kind != "user" and self.can("transact")
+
+    def may_read_holds(self) -> bool:
+        return self.kind != "user" and self.can("read")
+
+    def require_hold(self) -> None:
+        """Place, capture or void a hold."""
+        if not self.may_hold():
+            raise Forbidden("These credentials may not place, capture or void holds.")
+
+    def require_hold_reader(self) -> None:
+        if not self.may_read_holds():
+            raise Forbidden("These credentials may not read holds.")
+
 
 ANONYMOUS: Final = Principal("anonymous", "", frozenset(SCOPES))
 

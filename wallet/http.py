@@ -148,20 +148,25 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over `limit` bytes on every route: early when Content-Length says so, and
-    mid-stream (as PayloadTooLarge, answered by the error handler) when chunks add up past it."""
+    """Refuse bodies over `limit` bytes (or the path's own limit in `path_limits`, matched
+    exactly): early when Content-Length says so, and mid-stream (as PayloadTooLarge, answered by
+    the error handler) when chunks add up past it."""
 
-    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, limit: int, path_limits: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope["path"], self.limit)
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            response = error_response(self._too_large())
+        if declared.isdigit() and int(declared) > limit:
+            response = error_response(self._too_large(limit))
             await response(scope, receive, send)
             return
         received = 0
@@ -171,14 +176,15 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise self._too_large()
+                if received > limit:
+                    raise self._too_large(limit)
             return message
 
         await self.app(scope, limited_receive, send)
 
-    def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"The request body is larger than {self.limit} bytes.")
+    @staticmethod
+    def _too_large(limit: int) -> PayloadTooLarge:
+        return PayloadTooLarge(f"The request body is larger than {limit} bytes.")
 
 
 class RequestIdMiddleware:

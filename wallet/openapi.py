@@ -15,6 +15,7 @@ from wallet.inputs import (
     TRANSACTION_TYPES,
     TX_TYPES,
 )
+from wallet.ledger import DEFAULT_EXPIRY_S, HOLD_STATUSES, MAX_EXPIRY_S, MAX_OPERATIONS
 from wallet.seed import ALICE, BOB
 
 _UUID: Final = {"type": "string", "format": "uuid"}
@@ -37,14 +38,14 @@ _ERROR_STATUSES: Final = {
     "400": "Malformed input (VALIDATION_ERROR, IDEMPOTENCY_KEY_MISSING)",
     "401": "No or invalid credentials (UNAUTHENTICATED)",
     "403": "Credentials not allowed to do this (FORBIDDEN)",
-    "404": "Unknown user, asset, transaction, key or route (USER_NOT_FOUND, ASSET_NOT_FOUND,"
-    " TRANSACTION_NOT_FOUND, NOT_FOUND)",
+    "404": "Unknown user, asset, transaction, hold, key or route (USER_NOT_FOUND,"
+    " ASSET_NOT_FOUND, TRANSACTION_NOT_FOUND, HOLD_NOT_FOUND, NOT_FOUND)",
     "405": "Wrong method (METHOD_NOT_ALLOWED)",
     "409": "Conflict (USER_ALREADY_EXISTS, ASSET_ALREADY_EXISTS)",
     "413": "Body over the limit (PAYLOAD_TOO_LARGE)",
     "422": "Refused by the ledger, stored with the key and replayed (INSUFFICIENT_FUNDS,"
-    " BALANCE_LIMIT_EXCEEDED, NOT_REVERSIBLE, REVERSAL_EXCEEDS_ORIGINAL), or"
-    " IDEMPOTENCY_KEY_REUSED",
+    " BALANCE_LIMIT_EXCEEDED, NOT_REVERSIBLE, REVERSAL_EXCEEDS_ORIGINAL, HOLD_NOT_ACTIVE,"
+    " HOLD_EXPIRED, BATCH_FAILED), or IDEMPOTENCY_KEY_REUSED",
     "429": "Rate limited (RATE_LIMITED), see Retry-After",
     "503": "Busy or database unavailable (BUSY, SERVICE_UNAVAILABLE), see Retry-After",
 }
@@ -293,6 +294,199 @@ def _replayable(responses: dict[str, Any], *statuses: str) -> dict[str, Any]:
     return responses
 
 
+# --- Holds and batches
+
+_HOLD_FIELDS: Final[dict[str, Any]] = {
+    "holdId": _UUID,
+    "status": {
+        "enum": list(HOLD_STATUSES),
+        "description": "A HELD hold past its expiresAt reads EXPIRED, swept or not",
+    },
+    "userId": _UUID,
+    "assetSlug": {"type": "string"},
+    "amount": {"type": "integer", "minimum": 1},
+    "capturedAmount": {"type": "integer", "minimum": 0},
+    "expiresAt": _INSTANT,
+    "reference": _REFERENCE_OUT,
+    "metadata": _METADATA_OUT,
+    "createdAt": _INSTANT,
+}
+_HOLD_POSTING: Final = {
+    **_UUID,
+    "description": "A CAPTURED hold's posting: a SPEND to the Treasury, or a TRANSFER to toUserId",
+}
+_AFTER: Final[dict[str, Any]] = {
+    "balance": {**_DIGITS, "description": "The user's whole balance after this write"},
+    "available": {**_DIGITS, "description": "The user's available balance after this write"},
+}
+_HOLD: Final = {
+    "type": "object",
+    "required": list(_HOLD_FIELDS),
+    "properties": {**_HOLD_FIELDS, "transactionId": _HOLD_POSTING},
+    "additionalProperties": False,
+}
+_HOLD_CREATED: Final = _object(**_HOLD_FIELDS, **_AFTER)
+_HOLD_CAPTURED: Final = _object(**_HOLD_FIELDS, transactionId=_HOLD_POSTING, **_AFTER)
+_HOLD_VOIDED: Final = _object(**_HOLD_FIELDS, **_AFTER)
+_HOLD_BODY: Final = {
+    "type": "object",
+    "required": ["userId", "amount", "assetSlug"],
+    "properties": {
+        "userId": _USER_ID,
+        "amount": _AMOUNT,
+        "assetSlug": _ASSET_SLUG,
+        "expiresInSeconds": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "maximum": MAX_EXPIRY_S,
+            "default": DEFAULT_EXPIRY_S,
+        },
+        "reference": _REFERENCE_IN,
+        "metadata": _METADATA_IN,
+    },
+}
+_CAPTURE_BODY: Final = {
+    "type": "object",
+    "properties": {
+        "amount": {**_AMOUNT, "description": "At most the hold's amount (default: all of it)"},
+        "toUserId": {**_USER_ID, "description": "Who is paid (default: the Treasury, a purchase)"},
+        "reference": _REFERENCE_IN,
+        "metadata": _METADATA_IN,
+    },
+}
+_HOLD_PATH: Final = {"name": "holdId", "in": "path", "required": True, "schema": _UUID}
+_OPERATION: Final = {
+    "type": "object",
+    "description": "The body fields of the operation's own route: `userId` for TOPUP, BONUS and"
+    " SPEND, `fromUserId` and `toUserId` for TRANSFER. `idempotencyKey` is the operation's own"
+    " Idempotency-Key, required when the batch is not atomic.",
+    "required": ["op", "amount", "assetSlug"],
+    "properties": {
+        "op": {"enum": [*TX_TYPES, "TRANSFER"]},
+        "userId": _USER_ID,
+        "fromUserId": _USER_ID,
+        "toUserId": _USER_ID,
+        "amount": _AMOUNT,
+        "assetSlug": _ASSET_SLUG,
+        "reference": _REFERENCE_IN,
+        "metadata": _METADATA_IN,
+        "idempotencyKey": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+    },
+}
+_OPERATION_DATA: Final = {"oneOf": [_TRANSACTED, _TRANSFERRED]}
+_BATCH_DONE: Final = _object(
+    results={
+        "type": "array",
+        "description": "In input order. Atomic: each operation's data, as its route answers it."
+        " Not atomic: {status: 200, data} or {status: 4xx, code, message} per operation.",
+        "items": {
+            "oneOf": [
+                _TRANSACTED,
+                _TRANSFERRED,
+                _object(status={"const": 200}, data=_OPERATION_DATA),
+                _object(
+                    status={"type": "integer", "minimum": 400, "maximum": 499},
+                    code={"type": "string"},
+                    message={"type": "string"},
+                ),
+            ]
+        },
+    }
+)
+HOLD_AND_BATCH_PATHS: Final[dict[str, Any]] = {
+    "/api/wallet/holds": {
+        "post": {
+            "operationId": "createHold",
+            "description": "Reserve coins of the user's available balance until the hold is"
+            " captured, voided or expires (released within 5 s of expiresAt), exactly once per"
+            " Idempotency-Key. Keys with `transact` only; never an end-user token.",
+            "parameters": [_IDEMPOTENCY_KEY],
+            "requestBody": _json_body(_HOLD_BODY),
+            "responses": _replayable(
+                _responses("200", _ok(_HOLD_CREATED), "400", "404", "413", "422"), "200", "422"
+            ),
+        },
+        "get": {
+            "operationId": "listHolds",
+            "description": "Holds, newest first, keyset-paginated. Keys with `read` only.",
+            "parameters": [
+                _query("userId", _USER_ID, "Only this user's holds"),
+                _query("status", {"enum": list(HOLD_STATUSES)}, "Only holds in this status"),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Default 20"),
+                _query("cursor", {"type": "string"}, "nextCursor of the previous page"),
+            ],
+            "responses": _responses(
+                "200",
+                _ok(
+                    {"type": "array", "items": _HOLD},
+                    {"nextCursor": {"type": ["string", "null"]}},
+                ),
+                "400",
+                "404",
+            ),
+        },
+    },
+    "/api/wallet/holds/{holdId}": {
+        "get": {
+            "operationId": "getHold",
+            "parameters": [_HOLD_PATH],
+            "responses": _responses("200", _ok(_HOLD), "400", "404"),
+        }
+    },
+    "/api/wallet/holds/{holdId}/capture": {
+        "post": {
+            "operationId": "captureHold",
+            "description": "Post (part of) a HELD hold, releasing the rest at once. A hold is"
+            " captured at most once; past its expiry it is HOLD_EXPIRED.",
+            "parameters": [_HOLD_PATH, _IDEMPOTENCY_KEY],
+            "requestBody": _json_body(_CAPTURE_BODY, required=False),
+            "responses": _replayable(
+                _responses("200", _ok(_HOLD_CAPTURED), "400", "404", "413", "422"), "200", "422"
+            ),
+        }
+    },
+    "/api/wallet/holds/{holdId}/void": {
+        "post": {
+            "operationId": "voidHold",
+            "description": "Release all of a HELD hold.",
+            "parameters": [_HOLD_PATH, _IDEMPOTENCY_KEY],
+            "responses": _replayable(
+                _responses("200", _ok(_HOLD_VOIDED), "400", "404", "413", "422"), "200", "422"
+            ),
+        }
+    },
+    "/api/wallet/batch": {
+        "post": {
+            "operationId": "batch",
+            "description": f"1 to {MAX_OPERATIONS} operations, validated whole before any"
+            " runs, in one round trip; bodies up to 1 MiB (WALLET_MAX_BATCH_BYTES). Atomic: all"
+            " or nothing (BATCH_FAILED names the first failure). Not atomic: each operation"
+            " under its own idempotencyKey and its own route's rules. The batch needs what each"
+            " of its operations needs.",
+            "parameters": [_IDEMPOTENCY_KEY],
+            "requestBody": _json_body(
+                {
+                    "type": "object",
+                    "required": ["atomic", "operations"],
+                    "properties": {
+                        "atomic": {"type": "boolean"},
+                        "operations": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": MAX_OPERATIONS,
+                            "items": _OPERATION,
+                        },
+                    },
+                }
+            ),
+            "responses": _replayable(
+                _responses("200", _ok(_BATCH_DONE), "400", "413", "422"), "200", "422"
+            ),
+        }
+    },
+}
+
+
 DOCUMENT: Final[dict[str, Any]] = {
     "openapi": "3.1.0",
     "info": {
@@ -439,6 +633,7 @@ DOCUMENT: Final[dict[str, Any]] = {
                 },
             }
         },
+        **HOLD_AND_BATCH_PATHS,
         "/api/users": {
             "post": {
                 "operationId": "createUser",

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
 
     idempotency_retention_hours: int = Field(default=24, ge=24)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_batch_bytes: int = Field(default=1024 * 1024, ge=1024)  # POST /api/wallet/batch's cap
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # request line and headers
     header_timeout_s: float = Field(default=10.0, gt=0)  # from the first byte to the last header
     body_timeout_s: float = Field(default=30.0, gt=0)  # from the last header to the body's end

@@ -2,12 +2,14 @@
 
 from starlette.routing import Route
 
-from wallet.rest import admin, assets, health, transactions, transfers, wallet
+from wallet.rest import admin, assets, batches, health, holds, transactions, transfers, wallet
 
 routes: list[Route] = [
     *health.routes,
     *wallet.routes,
     *transfers.routes,
+    *holds.routes,
+    *batches.routes,
     *transactions.routes,
     *assets.routes,
     *admin.routes,

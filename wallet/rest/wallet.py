@@ -58,27 +58,29 @@ async def get_balance(request: Request) -> Response:
     return ok([balance_row(b) for b in found])
 
 
+def transact_view(outcome: ledger.TransactOutcome) -> dict[str, Any]:
+    """A completed TOPUP, BONUS or SPEND as transact answers it (batches answer it so too)."""
+    req = outcome.request
+    return {
+        "transactionId": str(outcome.transaction_id),
+        "status": "COMPLETED",
+        "type": req.type,
+        "userId": str(req.user_id),
+        "assetSlug": req.asset_slug,
+        "amount": req.amount,
+        "balanceBefore": str(outcome.balance_before),
+        "balanceAfter": str(outcome.balance_after),
+        "reference": req.reference,
+        "metadata": in_stored_order(req.metadata),
+        "createdAt": iso(outcome.created_at),
+    }
+
+
 def _outcome_response(outcome: ledger.TransactOutcome) -> Response:
     refused = ledger.refusal(outcome)
     if refused is not None:
         raise refused  # stored with the key: the error handler marks a replayed refusal
-    req = outcome.request
-    return ok(
-        {
-            "transactionId": str(outcome.transaction_id),
-            "status": "COMPLETED",
-            "type": req.type,
-            "userId": str(req.user_id),
-            "assetSlug": req.asset_slug,
-            "amount": req.amount,
-            "balanceBefore": str(outcome.balance_before),
-            "balanceAfter": str(outcome.balance_after),
-            "reference": req.reference,
-            "metadata": in_stored_order(req.metadata),
-            "createdAt": iso(outcome.created_at),
-        },
-        headers=replayed_header(outcome.replayed),
-    )
+    return ok(transact_view(outcome), headers=replayed_header(outcome.replayed))
 
 
 async def post_transact(request: Request) -> Response:

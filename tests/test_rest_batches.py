@@ -1,0 +1,834 @@
+"""POST /api/wallet/batch over real HTTP, line by line of the contract: validation before
+anything runs, atomic and non-atomic semantics, keys, body size, auth, and concurrent batches
+over overlapping wallets (real parallel connections against a real server and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tests.conftest import create_database, drop_database, start_server
+from tests.factories import Factory
+from tests.test_auth import SECRET, token
+from tests.test_rest_contract import (
+    ALICE,
+    BOB,
+    MAX_AMOUNT,
+    MAX_BODY,
+    MISSING,
+    TRANSACT_KEYS,
+    assert_error,
+    assert_ok,
+    assert_replayed,
+    history_ids,
+    is_uuid,
+    new_key,
+    send_body,
+    with_field,
+)
+from wallet import auth
+from wallet.cli import _run, migrate
+from wallet.seed import seed
+
+BATCH = "/api/wallet/batch"
+GOLD = "gold_coins"
+MAX_OPERATIONS = 1000
+MAX_BATCH_BODY = 1024 * 1024
+TRANSFER_KEYS = {
+    "transactionId",
+    "status",
+    "type",
+    "fromUserId",
+    "toUserId",
+    "assetSlug",
+    "amount",
+    "fromBalanceAfter",
+    "toBalanceAfter",
+    "reference",
+    "metadata",
+    "createdAt",
+}
+Json = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def op(kind: str, user: uuid.UUID | str, amount: object = 10, **extra: object) -> Json:
+    return {"op": kind, "userId": str(user), "amount": amount, "assetSlug": GOLD, **extra}
+
+
+def transfer_op(
+    sender: uuid.UUID | str, recipient: uuid.UUID | str, amount: object = 10, **extra: object
+) -> Json:
+    return {
+        "op": "TRANSFER",
+        "fromUserId": str(sender),
+        "toUserId": str(recipient),
+        "amount": amount,
+        "assetSlug": GOLD,
+        **extra,
+    }
+
+
+def keyed(*ops: Json) -> list[Json]:
+    """The operations, each under a fresh idempotencyKey (what a non-atomic batch needs)."""
+    return [{**o, "idempotencyKey": new_key()} for o in ops]
+
+
+async def post_batch(
+    client: httpx.AsyncClient,
+    body: Mapping[str, object] | bytes,
+    *,
+    key: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    all_headers = {"Idempotency-Key": key or new_key(), **(headers or {})}
+    return await client.post(BATCH, content=content, headers=all_headers)
+
+
+def batch(atomic: bool, operations: list[Json]) -> Json:
+    return {"atomic": atomic, "operations": operations}
+
+
+async def gold(client: httpx.AsyncClient, user: uuid.UUID | str) -> int:
+    rows = assert_ok(await client.get(f"/api/wallet/balance/{user}"))
+    return next((int(r["balance"]) for r in rows if r["slug"] == GOLD), 0)
+
+
+async def golds(client: httpx.AsyncClient, users: list[uuid.UUID]) -> list[int]:
+    return [await gold(client, u) for u in users]
+
+
+async def audit_ok(client: httpx.AsyncClient) -> None:
+    report = assert_ok(await client.get("/api/admin/audit"))
+    assert report["ok"] is True, report["breaches"]
+
+
+def results(response: httpx.Response) -> list[Json]:
+    data = assert_ok(response)
+    assert set(data) == {"results"}
+    found: list[Json] = data["results"]
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic batches
+# --------------------------------------------------------------------------------------------
+
+
+async def test_an_atomic_batch_answers_each_operation_as_its_own_route(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    a, b, c = await factory.user(gold=50), await factory.user(gold=5), await factory.user()
+    operations = [
+        op("TOPUP", a, 10, reference="r-1"),
+        op("BONUS", b, 5, metadata={"campaign": "midnight", "day": 3}),
+        op("SPEND", a, 20),
+        transfer_op(a, c, 15, reference="gift", metadata={"note": "hi"}),
+        op("SPEND", c, "5"),
+    ]
+    response = await post_batch(client, batch(True, operations))
+    found = results(response)
+    assert response.headers.get("Idempotent-Replayed") is None
+    assert len(found) == 5
+    for item in found[:3] + found[4:]:
+        assert set(item) == TRANSACT_KEYS | {"reference", "metadata"}
+        assert is_uuid(item["transactionId"])
+        assert item["status"] == "COMPLETED"
+    topup, bonus, spend, transfer, spend_c = found
+    assert (topup["type"], topup["userId"], topup["amount"]) == ("TOPUP", str(a), 10)
+    assert (topup["balanceBefore"], topup["balanceAfter"], topup["reference"]) == (
+        "50",
+        "60",
+        "r-1",
+    )
+    assert (bonus["balanceBefore"], bonus["balanceAfter"]) == ("5", "10")
+    assert bonus["metadata"] == {"day": 3, "campaign": "midnight"}
+    assert (spend["type"], spend["balanceBefore"], spend["balanceAfter"]) == ("SPEND", "60", "40")
+    assert set(transfer) == TRANSFER_KEYS
+    assert (transfer["type"], transfer["status"], transfer["amount"]) == (
+        "TRANSFER",
+        "COMPLETED",
+        15,
+    )
+    assert (transfer["fromUserId"], transfer["toUserId"]) == (str(a), str(c))
+    assert (transfer["fromBalanceAfter"], transfer["toBalanceAfter"]) == ("25", "15")
+    assert (transfer["reference"], transfer["metadata"]) == ("gift", {"note": "hi"})
+    assert (spend_c["amount"], spend_c["balanceAfter"]) == (5, "10")
+    assert await golds(client, [a, b, c]) == [25, 10, 10]
+    assert len({item["transactionId"] for item in found}) == 5
+    assert set(await history_ids(client, a)) >= {topup["transactionId"], transfer["transactionId"]}
+    await audit_ok(client)
+
+
+async def test_an_atomic_batch_is_replayed_under_its_key_and_moves_nothing_again(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    user = await factory.user(gold=10)
+    body = batch(True, [op("BONUS", user, 3), op("SPEND", user, 4)])
+    key = new_key()
+    first = await post_batch(client, body, key=key)
+    assert_ok(first)
+    again = await post_batch(client, body, key=key)
+    assert_replayed(first, again)
+    assert await gold(client, user) == 9
+
+
+@pytest.mark.parametrize(
+    ("failing", "code"),
+    [
+        ("spend", "INSUFFICIENT_FUNDS"),
+        ("transfer", "INSUFFICIENT_FUNDS"),
+        ("user", "USER_NOT_FOUND"),
+        ("asset", "ASSET_NOT_FOUND"),
+        ("recipient", "USER_NOT_FOUND"),
+    ],
+)
+async def test_an_atomic_batch_fails_whole_naming_the_first_failure_stored_and_replayed(
+    client: httpx.AsyncClient, factory: Factory, failing: str, code: str
+) -> None:
+    a, b = await factory.user(gold=20), await factory.user(gold=20)
+    bad = {
+        "spend": op("SPEND", a, 1_000),
+        "transfer": transfer_op(b, a, 1_000),
+        "user": op("BONUS", uuid.uuid4(), 1),
+        "asset": {**op("TOPUP", a, 1), "assetSlug": "no_such_asset"},
+        "recipient": transfer_op(a, uuid.uuid4(), 1),
+    }[failing]
+    operations = [op("TOPUP", a, 5), transfer_op(a, b, 7), bad, op("SPEND", b, 10_000)]
+    before = (
+        await golds(client, [a, b]),
+        await history_ids(client, a),
+        await history_ids(client, b),
+    )
+    key = new_key()
+    first = await post_batch(client, batch(True, operations), key=key)
+    error = assert_error(first, 422, "BATCH_FAILED")
+    assert error["details"] == {"index": 2, "code": code}
+    after = (
+        await golds(client, [a, b]),
+        await history_ids(client, a),
+        await history_ids(client, b),
+    )
+    assert after == before  # nothing moved, not even the operations before the failure
+    again = await post_batch(client, batch(True, operations), key=key)
+    assert_replayed(first, again)
+    # Stored: even once the batch could succeed, its key keeps answering the failure.
+    await factory.transact(a, 5_000, "TOPUP")
+    await factory.transact(b, 5_000, "TOPUP")
+    assert_replayed(first, await post_batch(client, batch(True, operations), key=key))
+    await audit_ok(client)
+
+
+async def test_an_atomic_batch_with_operation_keys_keeps_them_only_if_it_succeeds(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    user = await factory.user(gold=10)
+    op_key = new_key()
+    failing = [op("BONUS", user, 5, idempotencyKey=op_key), op("SPEND", user, 1_000)]
+    assert_error(await post_batch(client, batch(True, failing)), 422, "BATCH_FAILED")
+    # The failed batch rolled its operation's key back with everything else: the route runs it.
+    single = {"userId": str(user), "amount": 5, "assetSlug": GOLD, "type": "BONUS"}
+    response = await client.post(
+        "/api/wallet/transact", json=single, headers={"Idempotency-Key": op_key}
+    )
+    assert_ok(response)
+    assert response.headers.get("Idempotent-Replayed") is None
+    # In a batch now, that key replays the route's posting: the batch succeeds, moves nothing new.
+    replayed = results(
+        await post_batch(client, batch(True, [op("BONUS", user, 5, idempotencyKey=op_key)]))
+    )
+    assert replayed[0] == assert_ok(response)
+    assert await gold(client, user) == 15
+
+
+async def test_an_atomic_operation_key_used_for_another_request_fails_the_batch(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    user = await factory.user(gold=10)
+    op_key = new_key()
+    assert_ok(await post_batch(client, batch(True, [op("BONUS", user, 5, idempotencyKey=op_key)])))
+    reused = batch(True, [op("TOPUP", user, 1), op("BONUS", user, 6, idempotencyKey=op_key)])
+    error = assert_error(await post_batch(client, reused), 422, "BATCH_FAILED")
+    assert error["details"] == {"index": 1, "code": "IDEMPOTENCY_KEY_REUSED"}
+    assert await gold(client, user) == 15
+
+
+# --------------------------------------------------------------------------------------------
+# Non-atomic batches
+# --------------------------------------------------------------------------------------------
+
+
+async def test_a_non_atomic_batch_runs_each_operation_on_its_own_in_input_order(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    a, b = await factory.user(gold=30), await factory.user(gold=1)
+    operations = keyed(
+        op("BONUS", a, 10),
+        op("SPEND", b, 100),
+        transfer_op(a, b, 15),
+        op("TOPUP", uuid.uuid4(), 1),
+        {**op("TOPUP", a, 1), "assetSlug": "no_such_asset"},
+        transfer_op(b, a, 1_000),
+        transfer_op(a, uuid.uuid4(), 1),
+        op("SPEND", a, 25),
+    )
+    response = await post_batch(client, batch(False, operations))
+    found = results(response)
+    assert [r["status"] for r in found] == [200, 422, 200, 404, 404, 422, 404, 200]
+    for item in found:
+        if item["status"] == 200:
+            assert set(item) == {"status", "data"}
+        else:
+            assert set(item) == {"status", "code", "message"}
+            assert isinstance(item["message"], str)
+            assert item["message"]
+    assert [r.get("code") for r in found] == [
+        None,
+        "INSUFFICIENT_FUNDS",
+        None,
+        "USER_NOT_FOUND",
+        "ASSET_NOT_FOUND",
+        "INSUFFICIENT_FUNDS",
+        "USER_NOT_FOUND",
+        None,
+    ]
+    bonus, transfer, spend = found[0]["data"], found[2]["data"], found[7]["data"]
+    assert set(bonus) == TRANSACT_KEYS | {"reference", "metadata"}
+    assert (bonus["type"], bonus["balanceAfter"]) == ("BONUS", "40")
+    assert set(transfer) == TRANSFER_KEYS
+    assert (transfer["fromBalanceAfter"], transfer["toBalanceAfter"]) == ("25", "16")
+    assert (spend["balanceBefore"], spend["balanceAfter"]) == ("25", "0")
+    assert await golds(client, [a, b]) == [0, 16]
+    await audit_ok(client)
+
+
+async def test_each_operation_answers_exactly_as_its_own_route_under_its_key(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """An operation's key is its route's key: the route replays the batch's posting, and the
+    batch's data for it is the route's answer, byte for byte."""
+    a, b = await factory.user(gold=50), await factory.user()
+    topup = op("TOPUP", a, 7, reference="x-1", metadata={"zeta": 1, "a": True, "mid": "m"})
+    transfer = transfer_op(a, b, 9, metadata={"long_key": 1, "k": 2})
+    operations = keyed(topup, transfer)
+    found = results(await post_batch(client, batch(False, operations)))
+
+    route_topup = {k: v for k, v in topup.items() if k != "op"} | {"type": "TOPUP"}
+    replay = await client.post(
+        "/api/wallet/transact",
+        content=json.dumps(route_topup).encode(),
+        headers={"Idempotency-Key": operations[0]["idempotencyKey"]},
+    )
+    assert replay.headers.get("Idempotent-Replayed") == "true"
+    assert (
+        replay.content
+        == json.dumps({"success": True, "data": found[0]["data"]}, separators=(",", ":")).encode()
+    )
+
+    route_transfer = {k: v for k, v in transfer.items() if k != "op"}
+    replay = await client.post(
+        "/api/wallet/transfer",
+        content=json.dumps(route_transfer).encode(),
+        headers={"Idempotency-Key": operations[1]["idempotencyKey"]},
+    )
+    if replay.status_code != 404:  # the transfer route (REST v2) is there
+        assert replay.headers.get("Idempotent-Replayed") == "true"
+        assert (
+            replay.content
+            == json.dumps(
+                {"success": True, "data": found[1]["data"]}, separators=(",", ":")
+            ).encode()
+        )
+    assert await golds(client, [a, b]) == [48, 9]
+
+
+async def test_a_retried_non_atomic_batch_replays_what_was_done_and_runs_the_rest(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    a = await factory.user(gold=10)
+    late = uuid.uuid4()  # not a user yet: its operation fails without being stored
+    operations = keyed(op("BONUS", a, 5), op("SPEND", a, 100), op("BONUS", late, 3))
+    first = results(await post_batch(client, batch(False, operations)))
+    assert [r["status"] for r in first] == [200, 422, 404]
+    created = await client.post("/api/users", json={"id": str(late), "username": f"l-{late}"})
+    assert_ok(created, 201)
+    await factory.transact(a, 1_000, "TOPUP")
+
+    retry = results(await post_batch(client, batch(False, operations)))  # a new batch key
+    assert retry[0] == first[0]  # replayed: the same posting, nothing moved again
+    assert retry[1] == first[1]  # the stored refusal, though the SPEND is affordable now
+    assert retry[2]["status"] == 200  # the not-found was not stored: it runs now
+    assert retry[2]["data"]["balanceAfter"] == "3"
+    assert await golds(client, [a, late]) == [1_015, 3]
+
+
+async def test_a_non_atomic_batch_is_replayed_under_its_own_key(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    user = await factory.user(gold=10)
+    body = batch(False, keyed(op("BONUS", user, 5), op("SPEND", user, 100)))
+    key = new_key()
+    first = await post_batch(client, body, key=key)
+    assert_ok(first)
+    assert_replayed(first, await post_batch(client, body, key=key))
+    assert await gold(client, user) == 15
+
+
+async def test_an_operation_key_reused_for_another_request_fails_that_operation_alone(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    user = await factory.user(gold=10)
+    op_key = new_key()
+    assert_ok(await post_batch(client, batch(False, [op("BONUS", user, 5, idempotencyKey=op_key)])))
+    operations = [op("BONUS", user, 6, idempotencyKey=op_key), *keyed(op("TOPUP", user, 1))]
+    found = results(await post_batch(client, batch(False, operations)))
+    assert (found[0]["status"], found[0]["code"]) == (422, "IDEMPOTENCY_KEY_REUSED")
+    assert found[1]["status"] == 200
+    assert await gold(client, user) == 16
+
+
+async def test_the_same_operation_key_twice_in_one_batch_runs_once(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    user = await factory.user(gold=10)
+    op_key = new_key()
+    twice = [op("BONUS", user, 5, idempotencyKey=op_key)] * 2
+    found = results(await post_batch(client, batch(False, twice)))
+    assert found[0] == found[1]
+    assert await gold(client, user) == 15
+
+
+# --------------------------------------------------------------------------------------------
+# The batch's own key, and validation before anything runs
+# --------------------------------------------------------------------------------------------
+
+
+async def test_a_batch_needs_an_idempotency_key(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    user = await factory.user(gold=10)
+    response = await client.post(BATCH, json=batch(True, [op("BONUS", user, 1)]))
+    assert_error(response, 400, "IDEMPOTENCY_KEY_MISSING")
+    bad_key = await client.post(
+        BATCH, json=batch(True, [op("BONUS", user, 1)]), headers={"Idempotency-Key": "k" * 256}
+    )
+    assert_error(bad_key, 400, "VALIDATION_ERROR")
+    assert await gold(client, user) == 10
+
+
+async def test_a_batch_key_reused_for_another_batch_is_422(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    user = await factory.user(gold=10)
+    key = new_key()
+    assert_ok(await post_batch(client, batch(True, [op("BONUS", user, 1)]), key=key))
+    for other in [
+        batch(True, [op("BONUS", user, 2)]),
+        batch(False, keyed(op("BONUS", user, 1))),
+        batch(True, [op("BONUS", user, 1), op("BONUS", user, 1)]),
+        batch(True, [op("BONUS", user, 1, idempotencyKey="x")]),
+    ]:
+        assert_error(await post_batch(client, other, key=key), 422, "IDEMPOTENCY_KEY_REUSED")
+    assert await gold(client, user) == 11
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (("op", MISSING), "op"),
+        (("op", "REFUND"), "op"),
+        (("op", "topup"), "op"),
+        (("op", 1), "op"),
+        (("userId", MISSING), "userId"),
+        (("userId", "nope"), "userId"),
+        (("amount", MISSING), "amount"),
+        (("amount", 0), "amount"),
+        (("amount", -1), "amount"),
+        (("amount", 1.5), "amount"),
+        (("amount", "1e3"), "amount"),
+        (("amount", True), "amount"),
+        (("amount", MAX_AMOUNT + 1), "amount"),
+        (("assetSlug", MISSING), "assetSlug"),
+        (("assetSlug", ""), "assetSlug"),
+        (("reference", "r" * 129), "reference"),
+        (("metadata", {"a": {"b": 1}}), "metadata"),
+        (("metadata", [1]), "metadata"),
+        (("idempotencyKey", ""), "idempotencyKey"),
+        (("idempotencyKey", 5), "idempotencyKey"),
+        (("idempotencyKey", "k" * 256), "idempotencyKey"),
+        (("fromUserId", ALICE), "fromUserId"),
+        (("toUserId", ALICE), "toUserId"),
+        (("type", "TOPUP"), "type"),  # the route's name for op, if sent, must agree
+    ],
+)
+async def test_a_malformed_operation_is_400_naming_it_and_nothing_runs(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    atomic: bool,
+    change: tuple[str, object],
+    field: str,
+) -> None:
+    user = await factory.user(gold=10)
+    good = keyed(op("BONUS", user, 1), op("TOPUP", user, 2), op("SPEND", user, 3))
+    bad = with_field(good[2], *change)
+    response = await post_batch(client, batch(atomic, [*good[:2], bad, good[0]]))
+    error = assert_error(response, 400, "VALIDATION_ERROR")
+    assert error["details"]["field"] == f"operations[2].{field}"
+    assert f"operations[2].{field}" in error["message"]
+    assert await gold(client, user) == 10
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (("fromUserId", MISSING), "fromUserId"),
+        (("fromUserId", "x"), "fromUserId"),
+        (("toUserId", MISSING), "toUserId"),
+        (("toUserId", 3), "toUserId"),
+        (("toUserId", BOB), "toUserId"),  # the sender itself
+        (("userId", BOB), "userId"),
+        (("amount", "-1"), "amount"),
+    ],
+)
+async def test_a_malformed_transfer_operation_is_400_naming_it(
+    client: httpx.AsyncClient,
+    factory: Factory,
+    atomic: bool,
+    change: tuple[str, object],
+    field: str,
+) -> None:
+    user = await factory.user(gold=10)
+    bad = with_field({**transfer_op(BOB, ALICE, 1), "idempotencyKey": new_key()}, *change)
+    response = await post_batch(client, batch(atomic, [*keyed(op("BONUS", user, 1)), bad]))
+    error = assert_error(response, 400, "VALIDATION_ERROR")
+    assert error["details"]["field"] == f"operations[1].{field}"
+    assert await gold(client, user) == 10
+
+
+async def test_a_non_atomic_batch_needs_every_operations_key(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    user = await factory.user(gold=10)
+    operations = [*keyed(op("BONUS", user, 1), op("BONUS", user, 1)), op("BONUS", user, 1)]
+    error = assert_error(
+        await post_batch(client, batch(False, operations)), 400, "VALIDATION_ERROR"
+    )
+    assert error["details"]["field"] == "operations[2].idempotencyKey"
+    assert_ok(await post_batch(client, batch(True, operations)))  # optional when atomic
+    assert await gold(client, user) == 13
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"operations": [op("BONUS", ALICE, 1)]}, "atomic"),
+        ({"atomic": None, "operations": [op("BONUS", ALICE, 1)]}, "atomic"),
+        ({"atomic": "true", "operations": [op("BONUS", ALICE, 1)]}, "atomic"),
+        ({"atomic": 1, "operations": [op("BONUS", ALICE, 1)]}, "atomic"),
+        ({"atomic": True}, "operations"),
+        ({"atomic": True, "operations": []}, "operations"),
+        ({"atomic": True, "operations": {"0": op("BONUS", ALICE, 1)}}, "operations"),
+        ({"atomic": True, "operations": None}, "operations"),
+        ({"atomic": True, "operations": [op("BONUS", ALICE, 1), 7]}, "operations[1]"),
+        ({"atomic": True, "operations": [[op("BONUS", ALICE, 1)]]}, "operations[0]"),
+        ({"atomic": True, "operations": [None]}, "operations[0]"),
+    ],
+)
+async def test_a_malformed_batch_is_400_naming_the_field(
+    client: httpx.AsyncClient, body: Json, field: str
+) -> None:
+    error = assert_error(await post_batch(client, body), 400, "VALIDATION_ERROR")
+    assert error["details"]["field"] == field
+
+
+@pytest.mark.parametrize("raw", [b"", b"[]", b"null", b"{", b'{"atomic": true, "atomic": false}'])
+async def test_a_batch_body_that_is_not_a_json_object_is_400(
+    client: httpx.AsyncClient, raw: bytes
+) -> None:
+    assert_error(await post_batch(client, raw), 400, "VALIDATION_ERROR")
+
+
+async def test_a_thousand_operations_run_and_a_thousand_and_one_are_refused(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    users = [await factory.user() for _ in range(10)]
+    operations = [op("BONUS", users[n % 10], 1) for n in range(MAX_OPERATIONS)]
+    too_many = await post_batch(client, batch(True, [*operations, op("BONUS", users[0], 1)]))
+    error = assert_error(too_many, 400, "VALIDATION_ERROR")
+    assert error["details"]["field"] == "operations"
+    assert await golds(client, users) == [0] * 10
+    found = results(await post_batch(client, batch(True, operations)))
+    assert len(found) == MAX_OPERATIONS
+    assert [int(r["balanceAfter"]) for r in found[:20]] == [1] * 10 + [2] * 10
+    assert await golds(client, users) == [100] * 10
+    await audit_ok(client)
+
+
+# --------------------------------------------------------------------------------------------
+# Body size: up to 1 MiB on the batch route, other routes keep 64 KiB
+# --------------------------------------------------------------------------------------------
+
+
+def padded(body: Json, size: int) -> bytes:
+    encoded = json.dumps(body).encode()
+    assert len(encoded) <= size
+    return encoded[:-1] + b" " * (size - len(encoded)) + b"}"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_the_batch_route_takes_bodies_up_to_one_mib(
+    client: httpx.AsyncClient, factory: Factory, chunked: bool
+) -> None:
+    user = await factory.user()
+    body = batch(True, [op("BONUS", user, 1, metadata={"pad": "p" * 500}) for _ in range(900)])
+    payload = padded(body, MAX_BATCH_BODY)
+    assert len(payload) == MAX_BATCH_BODY
+    assert len(payload) > MAX_BODY
+    assert len(results(await send_body(client, BATCH, payload, chunked=chunked))) == 900
+    assert await gold(client, user) == 900
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("size", [MAX_BATCH_BODY + 1, 4 * MAX_BATCH_BODY])
+async def test_a_batch_body_over_one_mib_is_413(
+    client: httpx.AsyncClient, factory: Factory, chunked: bool, size: int
+) -> None:
+    user = await factory.user()
+    payload = padded(batch(True, [op("BONUS", user, 1)]), size)
+    assert_error(await send_body(client, BATCH, payload, chunked=chunked), 413, "PAYLOAD_TOO_LARGE")
+    assert await gold(client, user) == 0
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("path", ["/api/wallet/transact", "/api/wallet/holds", "/api/users"])
+async def test_other_routes_keep_their_64_kib_cap(
+    client: httpx.AsyncClient, factory: Factory, path: str, chunked: bool
+) -> None:
+    user = await factory.user(gold=10)
+    body = {"userId": str(user), "amount": 1, "assetSlug": GOLD, "type": "SPEND"}
+    response = await send_body(client, path, padded(body, MAX_BODY + 1), chunked=chunked)
+    assert_error(response, 413, "PAYLOAD_TOO_LARGE")
+    assert await gold(client, user) == 10
+
+
+async def test_the_batch_cap_is_for_the_batch_path_exactly(client: httpx.AsyncClient) -> None:
+    payload = padded(batch(True, [op("BONUS", ALICE, 1)]), MAX_BODY + 1)
+    for path in (f"{BATCH}/", f"{BATCH}x", "/api/wallet/batch/../transact"):
+        response = await send_body(client, path, payload, chunked=False)
+        assert_error(response, 413, "PAYLOAD_TOO_LARGE")
+
+
+# --------------------------------------------------------------------------------------------
+# Auth: the batch needs what each of its operations needs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Secured:
+    base: str
+    headers: dict[str, dict[str, str]]
+
+
+@pytest.fixture(scope="module")
+def secured(server_url: str) -> Iterator[Secured]:
+    """Keys and JWTs on a database of their own; end users may SPEND and TRANSFER from their
+    own wallets (and only those)."""
+    url = create_database(server_url, "wallet_batch_auth")
+    migrate(url)
+    _run(url, seed)
+
+    async def make_keys(conn: AsyncConnection) -> dict[str, str]:
+        return {
+            name: await auth.create_key(conn, name=name, scopes=scopes)
+            for name, scopes in [("reader", ["read"]), ("payments", ["transact"])]
+        }
+
+    keys = _run(url, make_keys)
+    proc, base = start_server(
+        url,
+        WALLET_JWT_SECRET=SECRET,
+        WALLET_USER_CAN_SPEND="true",
+        WALLET_USER_CAN_TRANSFER="true",
+    )
+    headers = {name: {"Authorization": f"Bearer {secret}"} for name, secret in keys.items()}
+    headers["alice"] = {"Authorization": f"Bearer {token(ALICE)}"}
+    headers["none"] = {}
+    try:
+        yield Secured(base, headers)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        drop_database(server_url, url)
+
+
+@pytest.fixture
+async def secure_client(secured: Secured) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=secured.base, timeout=30) as c:
+        yield c
+
+
+async def test_a_batch_needs_what_each_of_its_operations_needs(
+    secured: Secured, secure_client: httpx.AsyncClient
+) -> None:
+    h = secured.headers
+
+    async def run(caller: str, *operations: Json) -> httpx.Response:
+        return await post_batch(secure_client, batch(True, list(operations)), headers=h[caller])
+
+    async def alice_gold() -> int:
+        rows = assert_ok(
+            await secure_client.get(f"/api/wallet/balance/{ALICE}", headers=h["reader"])
+        )
+        return next(int(r["balance"]) for r in rows if r["slug"] == GOLD)
+
+    start = await alice_gold()
+    assert_error(await run("none", op("SPEND", ALICE, 1)), 401, "UNAUTHENTICATED")
+    assert_error(await run("reader", op("BONUS", ALICE, 1)), 403, "FORBIDDEN")
+    # Alice may SPEND and TRANSFER from her own wallet: a batch of those is hers to send...
+    own = await run("alice", op("SPEND", ALICE, 1), transfer_op(ALICE, BOB, 1))
+    assert len(results(own)) == 2
+    # ...but one operation she may not do refuses the whole batch, before anything runs.
+    for forbidden in [
+        op("TOPUP", ALICE, 1),
+        op("BONUS", ALICE, 1),
+        op("SPEND", BOB, 1),
+        transfer_op(BOB, ALICE, 1),
+    ]:
+        response = await run("alice", op("SPEND", ALICE, 1), forbidden)
+        assert_error(response, 403, "FORBIDDEN")
+    assert await alice_gold() == start - 2
+    payments = await run("payments", op("BONUS", ALICE, 2), transfer_op(BOB, ALICE, 1))
+    assert len(results(payments)) == 2
+    assert await alice_gold() == start + 1
+
+
+@pytest.fixture(scope="module")
+def strict(server_url: str) -> Iterator[str]:
+    """A server whose end users may neither SPEND nor TRANSFER (the default settings)."""
+    url = create_database(server_url, "wallet_batch_user")
+    migrate(url)
+    _run(url, seed)
+    _run(url, lambda conn: auth.create_key(conn, name="k", scopes=["read"]))
+    proc, base = start_server(url, WALLET_JWT_SECRET=SECRET)
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        drop_database(server_url, url)
+
+
+async def test_end_users_batches_follow_the_settings_that_limit_them(strict: str) -> None:
+    """Without WALLET_USER_CAN_SPEND / _TRANSFER, an end user's own SPEND or TRANSFER is
+    refused in a batch as on its route."""
+    async with httpx.AsyncClient(base_url=strict, timeout=30) as client:
+        alice = {"Authorization": f"Bearer {token(ALICE)}"}
+        for operation in (op("SPEND", ALICE, 1), transfer_op(ALICE, BOB, 1)):
+            response = await post_batch(client, batch(True, [operation]), headers=alice)
+            assert_error(response, 403, "FORBIDDEN")
+            single = {k: v for k, v in operation.items() if k != "op"}
+            route = (
+                "/api/wallet/transfer" if operation["op"] == "TRANSFER" else "/api/wallet/transact"
+            )
+            alone = await post_route(client, route, {**single, "type": operation["op"]}, alice)
+            assert_error(alone, 403, "FORBIDDEN")
+
+
+async def post_route(
+    client: httpx.AsyncClient, path: str, body: Json, headers: Mapping[str, str]
+) -> httpx.Response:
+    return await client.post(path, json=body, headers={"Idempotency-Key": new_key(), **headers})
+
+
+# --------------------------------------------------------------------------------------------
+# Concurrency: batches over overlapping wallets
+# --------------------------------------------------------------------------------------------
+
+
+async def test_concurrent_batches_over_overlapping_wallets_never_deadlock(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    wallets = [await factory.user(gold=1_000) for _ in range(8)]
+    rng = random.Random(20261127)
+
+    def operations(count: int) -> list[Json]:
+        made: list[Json] = []
+        for _ in range(count):
+            a, b = rng.sample(wallets, 2)
+            made.append(transfer_op(a, b, rng.randint(1, 5)))
+        return keyed(*made)
+
+    bodies = [batch(n % 2 == 0, operations(rng.randint(5, 40))) for n in range(32)]
+    responses = await asyncio.gather(*(post_batch(client, body) for body in bodies))
+    for body, response in zip(bodies, responses, strict=True):
+        assert response.status_code == 200, response.text  # no 5xx, no BUSY, no deadlock
+        found = results(response)
+        assert len(found) == len(body["operations"])
+        if not body["atomic"]:
+            assert {r["status"] for r in found} == {200}
+    assert sum(await golds(client, wallets)) == 8_000
+    await audit_ok(client)
+
+
+async def test_concurrent_mixed_batches_and_single_postings_conserve_and_audit(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    wallets = [await factory.user(gold=100) for _ in range(6)]
+    rng = random.Random(7)
+
+    def random_op() -> Json:
+        kind = rng.choice(["TOPUP", "BONUS", "SPEND", "TRANSFER", "TRANSFER"])
+        if kind == "TRANSFER":
+            a, b = rng.sample(wallets, 2)
+            return transfer_op(a, b, rng.randint(1, 60))
+        return op(kind, rng.choice(wallets), rng.randint(1, 60))
+
+    bodies = [batch(n % 3 == 0, keyed(*(random_op() for _ in range(15)))) for n in range(24)]
+    singles = [
+        {"userId": str(rng.choice(wallets)), "amount": 5, "assetSlug": GOLD, "type": "SPEND"}
+        for _ in range(24)
+    ]
+    answers = await asyncio.gather(
+        *(post_batch(client, body) for body in bodies),
+        *(
+            client.post("/api/wallet/transact", json=s, headers={"Idempotency-Key": new_key()})
+            for s in singles
+        ),
+    )
+    minted = 0  # TOPUP and BONUS add coins, SPEND removes them, TRANSFER moves them
+    for body, response in zip(bodies, answers[: len(bodies)], strict=True):
+        if response.status_code == 422:
+            assert_error(response, 422, "BATCH_FAILED")
+            assert body["atomic"]
+            continue
+        for operation, outcome in zip(body["operations"], results(response), strict=True):
+            data = outcome if body["atomic"] else outcome.get("data")
+            if data is None:
+                assert outcome["code"] == "INSUFFICIENT_FUNDS"
+                continue
+            sign = {"TOPUP": 1, "BONUS": 1, "SPEND": -1, "TRANSFER": 0}[operation["op"]]
+            minted += sign * int(operation["amount"])
+    for response in answers[len(bodies) :]:
+        if response.status_code == 200:
+            minted -= 5
+        else:
+            assert_error(response, 422, "INSUFFICIENT_FUNDS")
+    assert sum(await golds(client, wallets)) == 600 + minted
+    await audit_ok(client)
