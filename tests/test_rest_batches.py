@@ -522,6 +522,18 @@ async def test_a_malformed_transfer_operation_is_400_naming_it(
     assert await gold(client, user) == 10
 
 
+async def test_null_fields_of_the_other_kind_of_operation_are_as_good_as_absent(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    a, b = await factory.user(gold=10), await factory.user()
+    operations = [
+        op("BONUS", a, 1, fromUserId=None, toUserId=None, type="BONUS"),
+        {**transfer_op(a, b, 2), "userId": None, "type": None},
+    ]
+    assert len(results(await post_batch(client, batch(True, operations)))) == 2
+    assert await golds(client, [a, b]) == [9, 2]
+
+
 async def test_a_non_atomic_batch_needs_every_operations_key(
     client: httpx.AsyncClient, factory: Factory
 ) -> None:

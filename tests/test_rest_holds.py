@@ -22,7 +22,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from structlog.testing import capture_logs
 
 from tests.conftest import create_database, drop_database, start_server
 from tests.factories import Factory
@@ -795,41 +796,95 @@ async def test_the_sweeper_stops_cleanly_at_shutdown(two_servers: TwoServers) ->
         assert "Application shutdown complete" in output
 
 
-async def test_a_sweeper_on_a_database_that_is_down_keeps_trying_and_closes_promptly(
-    database_url: str, factory: Factory
-) -> None:
+async def test_a_sweeper_on_a_database_that_is_down_keeps_trying_and_closes_promptly() -> None:
     dead = create_engine("postgresql://nobody@127.0.0.1:1/none", pool_size=1)
     sweeper = HoldSweeper(dead.execution_options(isolation_level="AUTOCOMMIT"), period_s=0.05)
-    sweeper.start()
-    await asyncio.sleep(0.5)  # about ten failed sweeps
-    started = time.monotonic()
-    await sweeper.close()
+    with capture_logs() as logs:
+        sweeper.start()
+        await asyncio.sleep(0.5)  # about ten failed sweeps
+        started = time.monotonic()
+        await sweeper.close()
     assert time.monotonic() - started < 1
     await dead.dispose()
+    assert [e["event"] for e in logs] == ["hold_sweep_failed"]  # logged once, not every tick
 
-    # And on a live database it releases what expired (this test's sweeper, not the server's
-    # alone: the user's hold is gone within a tick of either).
-    live = create_engine(database_url, pool_size=1, application_name="sweeper-test")
-    sweeper = HoldSweeper(live.execution_options(isolation_level="AUTOCOMMIT"), period_s=0.05)
-    sweeper.start()
+
+@pytest.fixture(scope="module")
+def quiet_db(server_url: str) -> Iterator[str]:
+    """A database no server runs on: only a test's own sweeper releases holds there."""
+    url = create_database(server_url, "wallet_quiet")
+    migrate(url)
+    _run(url, seed)
+    yield url
+    drop_database(server_url, url)
+
+
+async def test_a_sweeper_whose_connections_are_killed_logs_retries_and_releases(
+    quiet_db: str,
+) -> None:
+    engine = create_engine(quiet_db, pool_size=2, application_name="sweeper-test")
+    user = uuid.uuid4()
+    async with engine.begin() as conn:
+        await ledger.create_user(conn, user_id=user, username=f"s-{user}")
+        await ledger.transact(
+            conn, ledger.TransactRequest(user, GOLD, 100, "TOPUP"), key=new_key(), principal="t"
+        )
+
+    async def hold(amount: int) -> ledger.HoldView:
+        async with engine.begin() as conn:
+            request = ledger.HoldRequest(user, GOLD, amount, expires_in_seconds=1)
+            return ledger.settled(
+                await ledger.create_hold(conn, request, key=new_key(), principal="t")
+            )
+
+    async def kill_sweeper_connections() -> None:
+        conn = await asyncpg.connect(quiet_db)
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'sweeper-test'"
+            )
+        finally:
+            await conn.close()
+
+    sweeper = HoldSweeper(engine.execution_options(isolation_level="AUTOCOMMIT"), period_s=0.05)
     try:
-        user = await factory.user(gold=10)
-        async with live.begin() as conn:
-            request = ledger.HoldRequest(user, GOLD, 10, expires_in_seconds=1)
-            ledger.settled(await ledger.create_hold(conn, request, key=new_key(), principal="t"))
-        await asyncio.sleep(1.3)
-        assert await held_of(live, user) == 0
+        first = await hold(30)
+        assert await held_of(engine, user) == 30
+        with capture_logs() as logs:
+            sweeper.start()
+            await sleep_until(first.expires_at + timedelta(milliseconds=500))
+            assert await held_of(engine, user) == 0  # nobody but this sweeper could release it
+            for _ in range(3):
+                await kill_sweeper_connections()
+                await asyncio.sleep(0.3)
+            second = await hold(40)  # the sweeper is still there after all that
+            await sleep_until(second.expires_at + timedelta(milliseconds=500))
+            assert await held_of(engine, user) == 0
+        events = [e["event"] for e in logs]
+        assert "hold_sweep_failed" in events
+        assert events[events.index("hold_sweep_failed") + 1] == "hold_sweep_recovered"
+        found = await holds_of(engine, [first.hold_id, second.hold_id])
+        assert found == ["EXPIRED", "EXPIRED"]
     finally:
+        started = time.monotonic()
         await sweeper.close()
-        await live.dispose()
+        assert time.monotonic() - started < 1
+        await engine.dispose()
 
 
-async def held_of(engine: Any, user: uuid.UUID) -> int:
+async def held_of(engine: AsyncEngine, user: uuid.UUID) -> int:
     async with engine.connect() as conn:
         for found in await ledger.balances(conn, user):
             if found.asset.slug == GOLD:
                 return int(found.held)
     return 0
+
+
+async def holds_of(engine: AsyncEngine, ids: list[uuid.UUID]) -> list[str]:
+    async with engine.connect() as conn:
+        found = await ledger.holds_by_id(conn, ids)
+    return [found[i].status for i in ids]
 
 
 # --------------------------------------------------------------------------------------------

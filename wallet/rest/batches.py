@@ -36,7 +36,7 @@ from wallet.settings import Settings
 
 BATCH_PATH: Final = "/api/wallet/batch"
 OPS: Final = (*TX_TYPES, "TRANSFER")
-# Fields that belong to the other kind of operation: sent, they would be silently ignored.
+# Fields of the other kind of operation: given, they would be ignored, so they are refused.
 _TRANSFER_ONLY: Final = ("fromUserId", "toUserId")
 _TRANSACT_ONLY: Final = ("userId",)
 
@@ -57,7 +57,7 @@ def parse_operation(index: int, raw: object, *, atomic: bool) -> ledger.BatchOpe
     if given_type is not None and given_type != op:
         raise _field_error(f"{at}.type", "must be left out or equal op.")
     for name in _TRANSACT_ONLY if op == "TRANSFER" else _TRANSFER_ONLY:
-        if name in raw:
+        if raw.get(name) is not None:
             raise _field_error(f"{at}.{name}", f"is not a field of a {op}.")
     request: ledger.TransactRequest | ledger.TransferRequest
     if op == "TRANSFER":
