@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tests.factories import Factory
 from wallet import ledger
 from wallet.audit import audit
-from wallet.db.engine import create_engine
+from wallet.db.engine import create_engine, create_pool
 from wallet.errors import (
     AssetNotFound,
     BalanceLimitExceeded,
@@ -621,3 +621,49 @@ async def test_a_posting_that_names_no_key_scope_cannot_run(engine: AsyncEngine)
             await conn.execute(
                 text("INSERT INTO idempotency_keys (key, fingerprint) VALUES ('k', '')")
             )
+
+
+# --- the hot path's asyncpg variants answer exactly as the SQLAlchemy ones
+
+
+async def test_the_asyncpg_hot_path_matches_the_core(
+    database_url: str, engine: AsyncEngine, factory: Factory
+) -> None:
+    user, empty = await factory.user(gold=10), await factory.user()
+    pool = await create_pool(database_url, size=2)
+    try:
+        async with pool.acquire() as conn:
+            assert await ledger.balances_pg(conn, user) == await _core_balances(engine, user)
+            assert await ledger.balances_pg(conn, empty) == []
+            with pytest.raises(UserNotFound):
+                await ledger.balances_pg(conn, uuid.uuid4())
+            k = key()
+            spend = ledger.TransactRequest(user, GOLD, 4, "SPEND", reference="o-1")
+            first = await ledger.transact_pg(conn, spend, key=k, principal="p")
+            assert (first.outcome, first.balance_after, first.replayed) == ("COMPLETED", 6, False)
+            again = await ledger.transact_pg(conn, spend, key=k, principal="p")
+            assert again.replayed
+            assert again.transaction_id == first.transaction_id
+            async with engine.begin() as sa:  # the same key through the core replays too
+                core = await ledger.transact(sa, spend, key=k, principal="p")
+            assert core.replayed
+            assert core.transaction_id == first.transaction_id
+            short = await ledger.transact_pg(
+                conn, ledger.TransactRequest(user, GOLD, 99, "SPEND"), key=key(), principal="p"
+            )
+            assert isinstance(ledger.refusal(short), InsufficientFunds)
+            with pytest.raises(IdempotencyKeyReused):
+                await ledger.transact_pg(
+                    conn, ledger.TransactRequest(user, GOLD, 5, "SPEND"), key=k, principal="p"
+                )
+            with pytest.raises(AssetNotFound):
+                await ledger.transact_pg(
+                    conn, ledger.TransactRequest(user, "nope", 1, "TOPUP"), key=key(), principal="p"
+                )
+    finally:
+        await pool.close()
+
+
+async def _core_balances(engine: AsyncEngine, user: uuid.UUID) -> list[ledger.Balance]:
+    async with engine.connect() as conn:
+        return await ledger.balances(conn, user)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -28,12 +29,11 @@ def create_engine(
     application_name: str = "wallet",
 ) -> AsyncEngine:
     """A pool sized to the cores, with timeouts so no request waits forever on a lock."""
-    server_settings: dict[str, Any] = {
-        "application_name": application_name,
-        "lock_timeout": str(lock_timeout_ms),
-        "statement_timeout": str(statement_timeout_ms),
-        "idle_in_transaction_session_timeout": str(max(statement_timeout_ms, 60_000)),
-    }
+    server_settings = _server_settings(
+        application_name=application_name,
+        lock_timeout_ms=lock_timeout_ms,
+        statement_timeout_ms=statement_timeout_ms,
+    )
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
@@ -44,4 +44,43 @@ def create_engine(
         pool_pre_ping=False,
         pool_recycle=1800,
         connect_args={"server_settings": server_settings, "timeout": 5},
+    )
+
+
+def _server_settings(
+    *, application_name: str, lock_timeout_ms: int, statement_timeout_ms: int
+) -> dict[str, Any]:
+    return {
+        "application_name": application_name,
+        "lock_timeout": str(lock_timeout_ms),
+        "statement_timeout": str(statement_timeout_ms),
+        "idle_in_transaction_session_timeout": str(max(statement_timeout_ms, 60_000)),
+    }
+
+
+async def create_pool(
+    url: str,
+    *,
+    size: int = 8,
+    lock_timeout_ms: int = 2000,
+    statement_timeout_ms: int = 15000,
+    application_name: str = "wallet",
+) -> asyncpg.Pool:
+    """The hot routes' pool: asyncpg itself, whose statements are prepared once per connection
+    and whose rows need no result processing (the balance read and the postings). Connections
+    open on demand, up to `size`, with the engine's timeouts."""
+    dsn = (
+        make_url(async_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=size,
+        timeout=5,
+        max_inactive_connection_lifetime=1800,
+        server_settings=_server_settings(
+            application_name=application_name,
+            lock_timeout_ms=lock_timeout_ms,
+            statement_timeout_ms=statement_timeout_ms,
+        ),
     )

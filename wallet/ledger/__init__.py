@@ -42,6 +42,7 @@ from wallet.ledger.balances import (
     balances,
     balances_at,
     balances_by_user,
+    balances_pg,
 )
 from wallet.ledger.batches import (
     MAX_OPERATIONS,
@@ -98,6 +99,7 @@ from wallet.ledger.postings import (
     purge_idempotency,
     refusal,
     transact,
+    transact_pg,
 )
 from wallet.ledger.reversals import ReversalDone, ReverseRequest, reverse
 from wallet.ledger.transfers import TransferDone, TransferRequest, transfer
@@ -143,6 +145,7 @@ __all__ = [
     "balances",
     "balances_at",
     "balances_by_user",
+    "balances_pg",
     "batch",
     "capture_hold",
     "create_asset",
@@ -163,6 +166,7 @@ __all__ = [
     "reverse",
     "settled",
     "transact",
+    "transact_pg",
     "transaction_view",
     "transactions_by_id",
     "transfer",

@@ -89,8 +89,12 @@ def metadata_json(metadata: Metadata) -> str:
     return orjson.dumps(dict(metadata)).decode()
 
 
-def sqlstate(error: DBAPIError) -> str | None:
-    return cast(str | None, getattr(error.orig, "sqlstate", None))
+def sqlstate(error: Exception) -> str | None:
+    """The SQLSTATE of a database error, raised through SQLAlchemy or by asyncpg itself."""
+    found = getattr(error, "sqlstate", None) or getattr(
+        getattr(error, "orig", None), "sqlstate", None
+    )
+    return cast(str | None, found)
 
 
 # What the posting functions raise (wallet/sql/ledger.sql's header lists them).
@@ -106,7 +110,7 @@ _RAISED: Final = {
 _FIELDS: Final = {"W0006": "amount", "W0007": "toUserId"}
 
 
-def raise_for_sqlstate(error: DBAPIError, **names: str) -> NoReturn:
+def raise_for_sqlstate(error: Exception, **names: str) -> NoReturn:
     """Turn a posting function's SQLSTATE into its WalletError (re-raise anything else).
 
     `names` may override a message by SQLSTATE, e.g. `W0001="User … not found."`."""

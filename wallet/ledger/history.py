@@ -190,7 +190,12 @@ async def transaction_view(
 
 def _metadata_matches(key: str, text_value: str) -> Any:
     """The stored value's text equals `text_value`: as a string, or as the number, boolean or
-    null that text spells. Each form is a containment test the GIN index answers."""
+    null that text spells. Each form is a containment test the GIN index answers.
+
+    The forms are rendered into the statement (escaped by SQLAlchemy) rather than bound: a
+    prepared statement may run on PostgreSQL's generic plan, which cannot know that a value is
+    rare and would walk the user's whole history instead of asking the index. With the value
+    in the text, each lookup is planned for its value (tests/test_rest_v2.py shows the plans)."""
     forms: list[object] = [text_value]
     if text_value in ("true", "false"):
         forms.append(text_value == "true")
@@ -206,7 +211,9 @@ def _metadata_matches(key: str, text_value: str) -> Any:
                 forms.append(number)
     return or_(
         *(
-            Transaction.metadata_.op("@>")(cast(literal(orjson.dumps({key: form}).decode()), JSONB))
+            Transaction.metadata_.op("@>")(
+                cast(literal(orjson.dumps({key: form}).decode(), literal_execute=True), JSONB)
+            )
             for form in forms
         )
     )

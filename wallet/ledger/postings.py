@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final, Literal
+from typing import Any, Final, Literal, NoReturn
 
+import asyncpg
 from sqlalchemy import bindparam, delete, func, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -30,6 +31,16 @@ _TRANSACT_SQL = text(
     " balance_after, created_at FROM wallet_transact(:scope, :key, :fingerprint, :user_id,"
     " :asset, :type, :amount, :txn, :principal, :reference, CAST(:metadata AS jsonb))"
 ).bindparams(bindparam("fingerprint", type_=IdempotencyKey.fingerprint.type))
+# The same call for the hot path's asyncpg connections (prepared once per connection).
+_TRANSACT_PG = (
+    "SELECT outcome, replayed, fingerprint_matches, transaction_id, balance_before,"
+    " balance_after, created_at"
+    " FROM wallet_transact($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)"
+)
+_PARAMS = (
+    "scope", "key", "fingerprint", "user_id", "asset", "type", "amount", "txn", "principal",
+    "reference", "metadata",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +81,47 @@ class TransactOutcome:
     created_at: datetime
 
 
+def _params(request: TransactRequest, *, key: str, principal: str) -> dict[str, Any]:
+    return {
+        "scope": principal,
+        "key": key,
+        "fingerprint": request.fingerprint(),
+        "user_id": request.user_id,
+        "asset": request.asset_slug,
+        "type": request.type,
+        "amount": request.amount,
+        "txn": uuid.uuid4(),
+        "principal": principal,
+        "reference": request.reference,
+        "metadata": metadata_json(request.metadata),
+    }
+
+
+def _raise_for(error: Exception, request: TransactRequest) -> NoReturn:
+    raise_for_sqlstate(
+        error,
+        W0001=f"User {request.user_id} not found.",
+        W0002=f"Asset {request.asset_slug!r} not found.",
+    )
+
+
+def _outcome(row: Any, request: TransactRequest) -> TransactOutcome:
+    if not row["fingerprint_matches"]:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was already used for a different request.",
+            originalTransactionId=str(row["transaction_id"]) if row["transaction_id"] else None,
+        )
+    return TransactOutcome(
+        request=request,
+        outcome=row["outcome"],
+        replayed=row["replayed"],
+        transaction_id=row["transaction_id"],
+        balance_before=row["balance_before"],
+        balance_after=row["balance_after"],
+        created_at=row["created_at"],
+    )
+
+
 async def transact(
     conn: AsyncConnection, request: TransactRequest, *, key: str, principal: str
 ) -> TransactOutcome:
@@ -79,43 +131,22 @@ async def transact(
     The principal is recorded on the transaction.
     """
     try:
-        result = await conn.execute(
-            _TRANSACT_SQL,
-            {
-                "scope": principal,
-                "key": key,
-                "fingerprint": request.fingerprint(),
-                "user_id": request.user_id,
-                "asset": request.asset_slug,
-                "type": request.type,
-                "amount": request.amount,
-                "txn": uuid.uuid4(),
-                "principal": principal,
-                "reference": request.reference,
-                "metadata": metadata_json(request.metadata),
-            },
-        )
+        result = await conn.execute(_TRANSACT_SQL, _params(request, key=key, principal=principal))
     except DBAPIError as error:
-        raise_for_sqlstate(
-            error,
-            W0001=f"User {request.user_id} not found.",
-            W0002=f"Asset {request.asset_slug!r} not found.",
-        )
-    row = result.one()
-    if not row.fingerprint_matches:
-        raise IdempotencyKeyReused(
-            "This Idempotency-Key was already used for a different request.",
-            originalTransactionId=str(row.transaction_id) if row.transaction_id else None,
-        )
-    return TransactOutcome(
-        request=request,
-        outcome=row.outcome,
-        replayed=row.replayed,
-        transaction_id=row.transaction_id,
-        balance_before=row.balance_before,
-        balance_after=row.balance_after,
-        created_at=row.created_at,
-    )
+        _raise_for(error, request)
+    return _outcome(result.one()._mapping, request)
+
+
+async def transact_pg(
+    conn: asyncpg.Connection, request: TransactRequest, *, key: str, principal: str
+) -> TransactOutcome:
+    """`transact` on an asyncpg connection: the hot path's (one prepared statement)."""
+    params = _params(request, key=key, principal=principal)
+    try:
+        row = await conn.fetchrow(_TRANSACT_PG, *(params[name] for name in _PARAMS))
+    except asyncpg.PostgresError as error:
+        _raise_for(error, request)
+    return _outcome(row, request)
 
 
 async def purge_idempotency(conn: AsyncConnection, *, older_than: timedelta) -> int:
