@@ -26,6 +26,7 @@ from wallet.db.engine import create_engine
 from wallet.embedded import EmbeddedError, EmbeddedPostgres
 from wallet.errors import WalletError
 from wallet.http import JSONHttpToolsProtocol
+from wallet.inputs import parse_asset_name, parse_int_range, parse_new_asset_slug
 from wallet.logging import configure_logging
 from wallet.observability import MULTIPROC_ENV
 from wallet.seed import seed
@@ -260,6 +261,26 @@ def cmd_purge_idempotency(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_assets(args: argparse.Namespace, settings: Settings) -> int:
+    """`assets create` (the same rules and answers as POST /api/admin/assets) and `assets list`."""
+    if args.action == "create":
+        slug = parse_new_asset_slug(args.slug, field="--slug")
+        name = parse_asset_name(args.name, field="--name")
+        decimals = parse_int_range(args.decimals, field="--decimals", low=0, high=18)
+    with database(settings, stop_embedded=False) as url:
+        if args.action == "list":
+            for found in _run(url, ledger.assets):
+                print(f"{found.slug}\t{found.name}\t{found.decimals}")
+            return 0
+        asset, created = _run(
+            url,
+            lambda conn: ledger.create_asset(conn, slug=slug, name=name, decimals=decimals),
+        )
+    state = "created" if created else "exists already, with the same fields"
+    print(f"asset {asset.slug!r} ({asset.name}, {asset.decimals} decimals) {state}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="wallet", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -287,6 +308,16 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="upgrade the database schema").set_defaults(handler=cmd_migrate)
     sub.add_parser("seed", help="create the demo assets and wallets").set_defaults(handler=cmd_seed)
     sub.add_parser("audit", help="check every ledger invariant").set_defaults(handler=cmd_audit)
+    assets = sub.add_parser("assets", help="assets (currencies)").add_subparsers(
+        dest="action", required=True
+    )
+    create_asset = assets.add_parser("create", help="create an asset and its Treasury")
+    create_asset.add_argument("--slug", required=True, help="^[a-z][a-z0-9_]{0,63}$")
+    create_asset.add_argument("--name", required=True, help="1 to 100 characters")
+    create_asset.add_argument("--decimals", required=True, type=int, help="0 to 18")
+    assets.add_parser("list", help="list assets by slug")
+    for command in assets.choices.values():
+        command.set_defaults(handler=cmd_assets)
     purge = sub.add_parser("purge-idempotency", help="delete expired idempotency keys")
     purge.add_argument("--older-than-hours", type=int, default=None)
     purge.set_defaults(handler=cmd_purge_idempotency)
