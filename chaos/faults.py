@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import text
@@ -28,6 +29,8 @@ FaultKind = Literal[
     "lock-hold",  # a side transaction holds a hot wallet's rows longer than lock_timeout
     "slow-lock",  # the same but shorter than lock_timeout: requests wait, then succeed
 ]
+# The faults that take the database or every server process down for a while.
+OUTAGES: frozenset[FaultKind] = frozenset({"pg-fast", "pg-immediate", "service-kill"})
 
 
 @dataclass(slots=True)
@@ -51,7 +54,19 @@ class Lab:
     lock_timeout_s: float
     recovery_timeout_s: float
     started: float = field(default_factory=time.monotonic)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))  # the same instant
     events: list[FaultEvent] = field(default_factory=list)
+
+    def outages(self) -> list[tuple[datetime, datetime]]:
+        """When the database or the whole service was down on purpose: from breaking it to its
+        return to readiness (the recovery timeout if it never came back)."""
+        found = []
+        for e in self.events:
+            if e.kind in OUTAGES and not e.detail.startswith("skipped"):
+                back = e.duration_s + (e.recovery_s or self.recovery_timeout_s)
+                down = self.started_at + timedelta(seconds=e.at_s)
+                found.append((down, down + timedelta(seconds=back)))
+        return found
 
 
 _SERVICE_BACKENDS = text(

@@ -63,6 +63,7 @@ from wallet.audit import AuditReport
 __all__ = [
     "Balances",
     "Judgement",
+    "Outage",
     "Verdict",
     "database_now",
     "judge",
@@ -72,6 +73,18 @@ __all__ = [
 ]
 
 EXPIRY_GRACE_S = 5.0  # a hold past its expiry is released within this (issue 10's promise)
+Outage = tuple[datetime, datetime]  # the database or the service down on purpose, from-to
+
+
+def _overlap(outages: Sequence[Outage], start: datetime, end: datetime) -> float:
+    """Seconds of [start, end] inside the union of `outages` (sorted by start)."""
+    total, reached = 0.0, start
+    for down, up in outages:
+        down, up = max(down, reached), min(up, end)
+        if up > down:
+            total += (up - down).total_seconds()
+            reached = up
+    return total
 
 
 @dataclass(slots=True)
@@ -144,13 +157,17 @@ async def judge(
     *,
     principal: str | None,
     stopped_at: datetime | None = None,
+    outages: Sequence[Outage] = (),
 ) -> Verdict:
     """Compare the record with the ledger; `principal` is who the clients authenticated as
     (None: a credential the harness was handed, whose name it does not know). With
     `stopped_at` (the database's clock when the service was told to stop), holds must have been
-    released within EXPIRY_GRACE_S of their expiry while it ran."""
+    released within EXPIRY_GRACE_S of their expiry while it ran, not counting `outages` (when
+    the database or the service was down, on purpose)."""
     found = await snapshot(engine, ops, wallets.all)
-    return Judgement(found, seed, principal, assets=wallets.assets, stopped_at=stopped_at).run(ops)
+    return Judgement(
+        found, seed, principal, assets=wallets.assets, stopped_at=stopped_at, outages=outages
+    ).run(ops)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,9 +246,11 @@ class Judgement:
         *,
         assets: Sequence[str] = ("gold_coins", "diamonds"),
         stopped_at: datetime | None = None,
+        outages: Sequence[Outage] = (),
     ) -> None:
         self.found = found
         self.stopped_at = stopped_at
+        self.outages = sorted(outages)
         self.seed = seed
         self.principal = principal
         self.assets = assets
@@ -536,22 +555,25 @@ class Judgement:
 
     def _expiry(self) -> None:
         """How long holds stayed HELD past their expiry: released late, or never (still HELD
-        when the service stopped)."""
+        when the service stopped). Time the database or the service was down does not count."""
         if self.stopped_at is None:
             return
         worst = 0.0
         for hold in self.found.holds.values():
             if hold.status == "EXPIRED" and hold.finished_at is not None:
-                lag = (hold.finished_at - hold.expires_at).total_seconds()
+                released = hold.finished_at
             elif hold.status == "HELD" and hold.expires_at < self.stopped_at:
-                lag = (self.stopped_at - hold.expires_at).total_seconds()
+                released = self.stopped_at
             else:
                 continue
+            lag = (released - hold.expires_at).total_seconds()
             worst = max(worst, lag)
-            if lag > EXPIRY_GRACE_S:
+            up = lag - _overlap(self.outages, hold.expires_at, released)
+            if up > EXPIRY_GRACE_S:
                 self.verdict.late_expiries.append(
                     f"{hold.id} ({hold.amount} {hold.slug} of {hold.user_id}): {hold.status}"
-                    f" {lag:.1f} s after its expiry {hold.expires_at.isoformat()}"
+                    f" {lag:.1f} s after its expiry {hold.expires_at.isoformat()}, {up:.1f} s"
+                    " of it with the database and the service up"
                 )
         self.verdict.expiry_lag_max_s = round(worst, 3)
 

@@ -64,8 +64,8 @@ class Posting:
 
 @dataclass(frozen=True, slots=True)
 class HeldHold:
-    """A hold the client was told is HELD; `due` is when, by the client's clock, it has surely
-    expired (its answer's arrival plus its expiry, plus a margin)."""
+    """A hold the client was told is HELD; `due` is when (time.monotonic()) a client that left it
+    to expire tries to capture or void it anyway."""
 
     hold_id: uuid.UUID
     user_id: uuid.UUID

@@ -40,8 +40,9 @@ class Scenario:
         }
 
     def busy_bound_s(self, queueing_s: float) -> float:
-        """How long a BUSY answer may take: a pool wait, a lock wait, and the queueing every
-        request sees at this load (the p99 of acknowledged attempts, at least a second)."""
+        """How long a BUSY answer may take: a pool wait, a lock wait, and the queueing requests
+        see at this load (the slowest acknowledged attempt, at least a second: the BUSYs are
+        a few hundred answers, so the slowest of them sits at the tail of that queueing too)."""
         return self.pool_timeout_s + self.lock_timeout_ms / 1000 + max(1.0, queueing_s)
 
 

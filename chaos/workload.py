@@ -88,7 +88,7 @@ class Wallets:
 class Memory:
     """What one client remembers of its own acknowledged work: postings it may reverse (with
     what it knows is left to reverse of each), holds it was told are HELD, and holds it left to
-    expire that it will try to capture or void once they surely have."""
+    expire that it will try to capture or void around or after their expiry."""
 
     postings: list[Posting] = field(default_factory=list)
     remaining: dict[uuid.UUID, int] = field(default_factory=dict)
@@ -139,7 +139,9 @@ class Memory:
             case CreateHold(user_id, asset, amount, expires_in_s) if answer.kind == "acked":
                 assert answer.hold_id is not None
                 last = op.attempts[-1]
-                due = last.started_at + last.latency_s + expires_in_s + 1.0
+                # Around its expiry (by the client's clock; the hold began before the answer
+                # arrived): a late capture or void races the sweeper, or comes surely after it.
+                due = last.started_at + last.latency_s + expires_in_s + rng.uniform(-0.5, 1.0)
                 held = HeldHold(answer.hold_id, user_id, asset, amount, due)
                 if expires_in_s > SHORT_EXPIRY_S[1]:
                     self.holds.append(held)
@@ -173,8 +175,8 @@ class Memory:
                         self._remember(posting)
 
     def take_hold(self, rng: random.Random, *, late_share: float) -> HeldHold | None:
-        """A hold to capture or void (it is never offered again): one left to expire that
-        surely has, now and then, else a HELD one."""
+        """A hold to capture or void (it is never offered again): now and then one left to
+        expire whose time has come, else a HELD one."""
         now = time.monotonic()
         due = [h for h in self.expiring if h.due <= now]
         if due and rng.random() < late_share:
@@ -216,7 +218,7 @@ class Mix:
     kinds: Sequence[tuple[OpKind, float]] = CLASSIC
     rest_only: frozenset[OpKind] = frozenset()  # kinds the GraphQL API lacks
     short_hold_share: float = 0.25  # holds left to expire
-    late_share: float = 0.3  # of those, how many the client tries to capture or void once expired
+    late_share: float = 0.5  # of those, how many the client tries to capture or void anyway
     partial_share: float = 0.5  # reversals and captures of part of the amount (else all of it)
     capture_to_user_share: float = 0.4  # captures paid to another user (else to the Treasury)
     atomic_share: float = 0.5

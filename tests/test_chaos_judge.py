@@ -489,6 +489,15 @@ async def test_a_hold_left_held_past_its_expiry_is_released_late(engine: AsyncEn
     verdict = late.run(books.ops)
     assert len(verdict.late_expiries) == 1
     assert not verdict.ok
+    # Time the database or the service was down does not count: 8 s late, 4 s of it down.
+    down = [
+        (row.expires_at + timedelta(seconds=s), row.expires_at + timedelta(seconds=e))
+        for s, e in ((1, 3), (2, 4), (7, 9))
+    ]
+    stopped = row.expires_at + timedelta(seconds=8)
+    verdict = Judgement(found_now, seed, "", stopped_at=stopped, outages=down).run(books.ops)
+    assert verdict.ok, verdict.problems()
+    assert verdict.expiry_lag_max_s == 8.0
 
 
 def _response(status: int, body: object, **headers: str) -> httpx.Response:
