@@ -163,7 +163,18 @@ BAD_BODIES = {
 
 
 def test_every_post_route_is_covered() -> None:
-    assert POST_ROUTES == ["/api/admin/keys", "/api/users", "/api/wallet/transact"]
+    assert POST_ROUTES == [
+        "/api/admin/assets",
+        "/api/admin/keys",
+        "/api/transactions/{transactionId}/reverse",
+        "/api/users",
+        "/api/wallet/batch",
+        "/api/wallet/holds",
+        "/api/wallet/holds/{holdId}/capture",
+        "/api/wallet/holds/{holdId}/void",
+        "/api/wallet/transact",
+        "/api/wallet/transfer",
+    ]
 
 
 @pytest.mark.parametrize("label", list(BAD_BODIES))
