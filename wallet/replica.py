@@ -7,8 +7,9 @@ or is no standby) the read runs on the primary, as without a replica: never a 5x
 
 Costs: the primary's position (`pg_current_wal_lsn()`, no table touched) comes from one query
 shared by every read that began before it was sent, so a busy instance asks it about once per
-round trip, not once per read; the replica answers its own position, then the read. A replica
-that fails is left alone for WALLET_REPLICA_RETRY_S.
+round trip, not once per read; then the replica is asked its replay position (not when a
+position it gave before already covers the read: no write since), then the read itself. A
+replica that fails is left alone for WALLET_REPLICA_RETRY_S.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ Reason = Literal["behind", "down", "not_standby", "failed"]
 
 _PRIMARY_POSITION = text("SELECT pg_current_wal_lsn()::text")
 # NULL on a server that is not replaying (a primary, or a promoted standby).
-_REPLAYED = text("SELECT pg_last_wal_replay_lsn() >= CAST(CAST(:target AS text) AS pg_lsn)")
+_REPLAYED = text("SELECT pg_last_wal_replay_lsn()::text")
 POLL_S = 0.002
 
 
@@ -98,6 +99,9 @@ class Replica:
         self.max_wait_s = max_wait_s
         self.retry_s = retry_s
         self._down_until = 0.0
+        # The furthest replay position seen: a target at or below it needs no asking (replay
+        # only moves forward; forgotten whenever the replica fails, as after a restart).
+        self._replayed = -1
 
     async def run(
         self, work: Callable[[AsyncConnection], Awaitable[T]]
@@ -105,7 +109,7 @@ class Replica:
         if time.monotonic() < self._down_until:
             return ToPrimary("down")
         try:
-            target = await self.position.after_now()
+            target = lsn(await self.position.after_now())
         except (DBAPIError, PoolTimeout, OSError):
             return ToPrimary("failed")  # the primary's trouble: its own read will say so
         try:
@@ -114,15 +118,17 @@ class Replica:
             return self._down()
         try:
             deadline = time.monotonic() + self.max_wait_s
-            while True:
-                replayed = (await conn.execute(_REPLAYED, {"target": target})).scalar()
+            while target > self._replayed:
+                replayed = (await conn.execute(_REPLAYED)).scalar()
                 if replayed is None:
                     return ToPrimary("not_standby")
-                if replayed:
-                    return OnReplica(await work(conn))
+                self._replayed = max(self._replayed, lsn(replayed))
+                if target <= self._replayed:
+                    break
                 if time.monotonic() >= deadline:
                     return ToPrimary("behind")
                 await asyncio.sleep(POLL_S)
+            return OnReplica(await work(conn))
         except OSError:
             return self._down()
         except DBAPIError as error:
@@ -140,10 +146,17 @@ class Replica:
 
     def _down(self) -> ToPrimary:
         self._down_until = time.monotonic() + self.retry_s
+        self._replayed = -1
         return ToPrimary("down")
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def lsn(text: str) -> int:
+    """A WAL position ('16/B374D848') as a number, to compare."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
 
 
 def _sqlstate(error: DBAPIError) -> str:
