@@ -1,7 +1,7 @@
 """Holds: reserve coins (createHold), charge them (captureHold), release them (voidHold).
 
-Every hold operation needs the transact scope, and listing holds the read scope: end-user tokens
-have neither, so they never hold, capture, void or list holds.
+Holds are a back end's tool (rules on Principal, shared with REST): placing, capturing and voiding
+need a key with the transact scope, listing one with read; end-user tokens never do either.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ async def create_hold(
     )
     key = parse_idempotency_key(idempotency_key, field="idempotencyKey")
     who = ctx.who()
-    who.require("transact")
+    who.require_hold()
     return await posting(
         ctx,
         lambda conn: ledger.create_hold(conn, request, key=key, principal=who.name),
@@ -79,7 +79,7 @@ async def capture_hold(
     )
     key = parse_idempotency_key(idempotency_key, field="idempotencyKey")
     who = ctx.who()
-    who.require("transact")
+    who.require_hold()
     return await posting(
         ctx,
         lambda conn: ledger.capture_hold(conn, request, key=key, principal=who.name),
@@ -92,7 +92,7 @@ async def void_hold(
 ) -> ledger.HoldView | Declined:
     key = parse_idempotency_key(idempotency_key, field="idempotencyKey")
     who = ctx.who()
-    who.require("transact")
+    who.require_hold()
     return await posting(
         ctx,
         lambda conn: ledger.void_hold(conn, hold_id, key=key, principal=who.name),
@@ -109,7 +109,7 @@ async def holds_page(
     after: str | None,
 ) -> ledger.HoldPage:
     """The wallet's holds, newest first; a HELD hold past its expiry counts as EXPIRED."""
-    ctx.who().require("read")
+    ctx.who().require_hold_reader()
     if not 1 <= first <= MAX_PAGE:
         raise ValidationError(f"first must be from 1 to {MAX_PAGE}.", field="first")
     before = ledger.decode_cursor(after, prefix="h") if after else None
