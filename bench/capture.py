@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -117,8 +118,12 @@ async def _client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
         resources = (state or {})["resources"]
         await asyncio.wait_for(resources.auth.until_listening(), timeout=10)
 
+        # Without the hot pool, the hot routes send the very same statements through the
+        # engine, where the recorder sees them.
+        lifespan_state = {**(state or {}), "resources": dataclasses.replace(resources, pool=None)}
+
         async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
-            scope["state"] = dict(state or {})  # what uvicorn does with the lifespan's state
+            scope["state"] = dict(lifespan_state)  # what uvicorn does with the lifespan's state
             await app(scope, receive, send)
 
         transport = httpx.ASGITransport(app=with_state)

@@ -43,8 +43,8 @@ MAX_AMOUNT = 2**53 - 1
 
 @pytest.fixture
 async def parallel(database_url: str) -> AsyncIterator[AsyncEngine]:
-    """An engine with room for 64 connections at once, waiting patiently for row locks."""
-    engine = create_engine(database_url, pool_size=64, lock_timeout_ms=30_000)
+    """An engine with room for 32 connections at once, waiting patiently for row locks."""
+    engine = create_engine(database_url, pool_size=32, lock_timeout_ms=30_000)
     yield engine
     await engine.dispose()
 
@@ -133,7 +133,7 @@ async def test_transfer_refusals(engine: AsyncEngine, factory: Factory) -> None:
 async def test_transfer_storm_both_ways_never_deadlocks_and_conserves(
     parallel: AsyncEngine, factory: Factory
 ) -> None:
-    """64 connections, random transfers among 10 wallets in both directions, for 4 s."""
+    """32 connections, random transfers among 10 wallets in both directions, for 4 s."""
     wallets = [await factory.user(gold=1_000) for _ in range(10)]
     deadline = asyncio.get_running_loop().time() + 4
     outcomes: Counter[str] = Counter()
@@ -147,7 +147,7 @@ async def test_transfer_storm_both_ways_never_deadlocks_and_conserves(
             except InsufficientFunds:
                 outcomes["short"] += 1
 
-    await asyncio.gather(*(client() for _ in range(64)))  # a deadlock would raise here
+    await asyncio.gather(*(client() for _ in range(32)))  # a deadlock would raise here
     assert outcomes["ok"] > 100
     total = sum([(await balance(parallel, w)).amount for w in wallets])
     assert total == 10_000

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
@@ -19,7 +20,7 @@ from starlette.routing import Route
 
 from wallet import rest
 from wallet.auth import Authenticator, AuthMiddleware, BrowserGuardMiddleware, RateLimiter
-from wallet.db.engine import create_engine
+from wallet.db.engine import create_engine, create_pool
 from wallet.errors import WalletError
 from wallet.feed import BalanceFeed
 from wallet.graphql_app import graphql_routes
@@ -69,15 +70,23 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Resources]]:
+        # The hot routes (balances, TOPUP/BONUS/SPEND) use the asyncpg pool below, sized
+        # WALLET_POOL_SIZE; everything else the engine's, half as large (they open on demand).
         engine = create_engine(
             database_url,
-            pool_size=settings.pool_size,
+            pool_size=max(2, settings.pool_size // 2),
             pool_timeout_s=settings.pool_timeout_s,
             lock_timeout_ms=settings.lock_timeout_ms,
             statement_timeout_ms=settings.statement_timeout_ms,
         )
         feed = BalanceFeed(database_url)
         autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        pool = await create_pool(  # the hot routes' (asyncpg itself, prepared statements)
+            database_url,
+            size=settings.pool_size,
+            lock_timeout_ms=settings.lock_timeout_ms,
+            statement_timeout_ms=settings.statement_timeout_ms,
+        )
         # Single-statement reads; it hears key changes on a connection of its own.
         auth = Authenticator(settings, autocommit, listen_url=database_url)
         auth.start()
@@ -94,6 +103,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
                     settings=settings,
                     engine=engine,
                     autocommit=autocommit,
+                    pool=pool,
                     feed=feed,
                     auth=auth,
                     rate_limiter=RateLimiter(
@@ -112,6 +122,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             await sweeper.close()
             await auth.close()
             await feed.close()
+            await pool.close()
             await engine.dispose()
             if replica is not None:
                 await replica.dispose()
@@ -167,6 +178,8 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             ClientDisconnect: handle_client_disconnect,
             HTTPException: handle_http_exception,
             DBAPIError: handle_database_error,
+            asyncpg.PostgresError: handle_database_error,
+            asyncpg.InterfaceError: handle_database_error,
             PoolTimeout: handle_database_error,
             OSError: handle_database_error,
             Exception: handle_unexpected,

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 import orjson
 import structlog
 from sqlalchemy.exc import DBAPIError
@@ -90,13 +91,15 @@ def map_database_error(error: Exception) -> WalletError | None:
     """Transient database trouble becomes a retryable 503; anything else is a bug (None)."""
     if isinstance(error, PoolTimeout):
         return Busy("All database connections are busy; retry shortly.")
-    if isinstance(error, DBAPIError):
-        state = getattr(error.orig, "sqlstate", None)
+    if isinstance(error, DBAPIError | asyncpg.PostgresError):  # through SQLAlchemy, or the hot path
+        orig = error.orig if isinstance(error, DBAPIError) else error
+        state = getattr(orig, "sqlstate", None)
         if state in _BUSY_STATES:
             return Busy("The wallet is busy with other requests; retry shortly.")
-        if error.connection_invalidated or state in _UNAVAILABLE_STATES:
+        lost = isinstance(error, DBAPIError) and error.connection_invalidated
+        if lost or state in _UNAVAILABLE_STATES:
             return Unavailable("The database is unavailable; retry shortly.")
-    if isinstance(error, OSError | ConnectionError):
+    if isinstance(error, OSError | ConnectionError | asyncpg.InterfaceError):
         return Unavailable("The database is unavailable; retry shortly.")
     return None
 

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -72,6 +73,7 @@ class Resources:
     feed: BalanceFeed
     auth: Authenticator
     rate_limiter: RateLimiter
+    pool: asyncpg.Pool | None = None  # the hot routes' asyncpg pool (None: use the engine's)
     assets: AssetCatalog = field(default_factory=AssetCatalog)
     metrics: Metrics = field(default_factory=Metrics)
     tracing: Tracing | None = None  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
@@ -131,6 +133,56 @@ async def with_connection(
     raise AssertionError("unreachable")
 
 
+async def with_pg(
+    pool: asyncpg.Pool,
+    work: Callable[[asyncpg.Connection], Awaitable[T]],
+    *,
+    timeout_s: float,
+    retry: bool = False,
+) -> T:
+    """`with_connection` for the hot pool: one pooled asyncpg connection, no transaction of its
+    own (each statement is one). `retry` as there: only for reads and keyed postings."""
+    for attempt in (1, 2) if retry else (2,):
+        try:
+            async with pool.acquire(timeout=timeout_s) as conn:
+                return await work(conn)
+        except TimeoutError:
+            raise Busy("All database connections are busy; retry shortly.") from None
+        except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError):
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def read_hot(
+    res: Resources,
+    pg_work: Callable[[asyncpg.Connection], Awaitable[T]],
+    work: Callable[[AsyncConnection], Awaitable[T]],
+) -> T:
+    """A hot read (current balances) on the asyncpg pool; `work`, the same read through the
+    engine, where no pool was opened (in-process harnesses)."""
+    if res.pool is None:
+        return await read(res, work)
+    with _observed(res, "ledger.read"):
+        return await with_pg(res.pool, pg_work, timeout_s=res.settings.pool_timeout_s, retry=True)
+
+
+async def post_hot(
+    res: Resources,
+    pg_work: Callable[[asyncpg.Connection], Awaitable[T]],
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    kind: str,
+) -> T:
+    """`post` on the asyncpg pool (TOPUP, BONUS, SPEND: the hot path); `work` without one."""
+    if res.pool is None:
+        return await post(res, work, kind=kind)
+    pool, timeout_s = res.pool, res.settings.pool_timeout_s
+    return await _posting(
+        res, lambda: with_pg(pool, pg_work, timeout_s=timeout_s, retry=True), kind=kind
+    )
+
+
 async def read(res: Resources, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Reads run without BEGIN/COMMIT: each statement is its own snapshot (read committed),
     which saves two round trips a request."""
@@ -184,10 +236,19 @@ async def post(res: Resources, work: Callable[[AsyncConnection], Awaitable[T]], 
     replays it. `wallet_lock_wait_seconds` times the call, which is one round trip whose time
     is mostly the wait for the account rows' locks.
     """
+    return await _posting(
+        res,
+        lambda: with_connection(res.autocommit, work, begin=False, retry=True),
+        kind=kind,
+    )
+
+
+async def _posting(res: Resources, run: Callable[[], Awaitable[T]], *, kind: str) -> T:
+    """Time, trace and count one keyed write, whichever pool runs it."""
     started = time.perf_counter()
     try:
         with _observed(res, "ledger.post", kind=kind):
-            result = await with_connection(res.autocommit, work, begin=False, retry=True)
+            result = await run()
     except IdempotencyKeyReused:
         res.metrics.conflicts.inc()
         raise
@@ -206,7 +267,7 @@ def _observed(res: Resources, name: str, **attributes: str) -> Iterator[None]:
         else:
             with res.tracing.span(name, **attributes):
                 yield
-    except (DBAPIError, PoolTimeout) as error:
-        if isinstance(map_database_error(error), Busy):
+    except (DBAPIError, PoolTimeout, asyncpg.PostgresError, Busy) as error:
+        if isinstance(error, Busy) or isinstance(map_database_error(error), Busy):
             res.metrics.busy.inc()
         raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 from sqlalchemy import select, text
@@ -39,14 +40,6 @@ async def balances_by_user(
     return found
 
 
-async def balances(conn: AsyncConnection, user_id: uuid.UUID) -> list[Balance]:
-    """One row per asset the user holds an account for, by asset slug."""
-    found = (await balances_by_user(conn, [user_id]))[user_id]
-    if not found and not await user_exists(conn, user_id):
-        raise UserNotFound(f"User {user_id} not found.")
-    return found
-
-
 # The hot path's read, on asyncpg: one round trip, the user's existence included (a user
 # without accounts is one row of NULLs; an unknown user, no row).
 _BALANCES_PG = (
@@ -58,9 +51,21 @@ _BALANCES_PG = (
 )
 
 
+_BALANCES_SQL = text(_BALANCES_PG.replace("$1", ":user_id"))
+
+
+async def balances(conn: AsyncConnection, user_id: uuid.UUID) -> list[Balance]:
+    """One row per asset the user holds an account for, by asset slug."""
+    rows = (await conn.execute(_BALANCES_SQL, {"user_id": user_id})).mappings().all()
+    return _balances(rows, user_id)
+
+
 async def balances_pg(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[Balance]:
-    """`balances` on an asyncpg connection."""
-    rows = await conn.fetch(_BALANCES_PG, user_id)
+    """`balances` on an asyncpg connection (the hot path's): the same statement."""
+    return _balances(await conn.fetch(_BALANCES_PG, user_id), user_id)
+
+
+def _balances(rows: Sequence[Any], user_id: uuid.UUID) -> list[Balance]:
     if not rows:
         raise UserNotFound(f"User {user_id} not found.")
     return [

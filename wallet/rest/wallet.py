@@ -24,7 +24,7 @@ from wallet.inputs import (
     parse_tx_type,
     parse_user_id,
 )
-from wallet.resources import post, principal, read, read_replica, resources
+from wallet.resources import post_hot, principal, read, read_hot, read_replica, resources
 from wallet.rest.common import idempotency_key, optional_id, query_param, replayed_header
 
 
@@ -52,7 +52,11 @@ async def get_balance(request: Request) -> Response:
     raw_at = query_param(request, "at")
     at = parse_instant(raw_at, field="at", not_future=True) if raw_at is not None else None
     if at is None:
-        found = await read(resources(request), lambda conn: ledger.balances(conn, user_id))
+        found = await read_hot(
+            resources(request),
+            lambda pg: ledger.balances_pg(pg, user_id),
+            lambda conn: ledger.balances(conn, user_id),
+        )
     else:
         found = await read(resources(request), lambda conn: ledger.balances_at(conn, user_id, at))
     return ok([balance_row(b) for b in found])
@@ -97,8 +101,11 @@ async def post_transact(request: Request) -> Response:
     )
     who = principal(request)
     who.require_transact(tx.user_id, tx.type, user_can_spend=res.settings.user_can_spend)
-    outcome = await post(
-        res, lambda conn: ledger.transact(conn, tx, key=key, principal=who.name), kind=tx.type
+    outcome = await post_hot(
+        res,
+        lambda pg: ledger.transact_pg(pg, tx, key=key, principal=who.name),
+        lambda conn: ledger.transact(conn, tx, key=key, principal=who.name),
+        kind=tx.type,
     )
     return _outcome_response(outcome)
 
