@@ -200,13 +200,14 @@ def _scripts(url: str, cfg: Config) -> tuple[dict[str, str], dict[str, Any]]:
 
 @dataclass
 class Beside:
-    """What runs beside the service: the floor app on the same database, the service with an
-    API key configured on a copy of it, and the reference posting's own database."""
+    """What is measured beside the service: the floor app on the same database, the service
+    with an API key configured on a copy of it (each started for its runs only, so that idle
+    pools do not crowd the server's connection slots), and the reference posting's database."""
 
-    floor: service.Service
-    auth: service.Service
+    auth_url: str
     auth_key: str
     reference_url: str
+    logs: Path
 
 
 class Runner:
@@ -223,14 +224,16 @@ class Runner:
         self.cfg, self.url, self.svc, self.scripts = cfg, url, svc, scripts
         self.beside = beside
         self.tag = f"b{int(time.time())}"
-        servers = [svc, beside.floor, beside.auth] if beside else [svc]
-        self.worker_pids = [w.pid for s in servers for w in s.workers()]
+        self.worker_pids = [w.pid for w in svc.workers()]
 
-    def _measured(self, run: Callable[[], Measurement]) -> Measurement:
+    def _measured(
+        self, run: Callable[[], Measurement], *, pids: list[int] | None = None
+    ) -> Measurement:
         asyncio.run(seeding.maintenance(self.url))
-        before, started = cpu.snapshot(self.worker_pids), time.monotonic()
+        pids = pids or self.worker_pids
+        before, started = cpu.snapshot(pids), time.monotonic()
         m = run()
-        after, seconds = cpu.snapshot(self.worker_pids), time.monotonic() - started
+        after, seconds = cpu.snapshot(pids), time.monotonic() - started
         split: dict[str, float] = cpu.split(before, after, seconds)
         if m.ok:
             for party in ("service", "postgres"):
@@ -271,19 +274,26 @@ class Runner:
                     env=dict(os.environ),
                 )
             )
-        target = beside.floor if kind == "floor" else beside.auth
-        auth = beside.auth_key if kind == "auth" else "-"
-        return self._measured(
-            lambda: self._service(
-                name,
-                clients,
-                rep,
-                duration_s,
-                base_url=target.base_url,
-                label=f"{kind}/{name}",
-                auth=auth,
+        floor = kind == "floor"
+        with service.serve(
+            self.url if floor else beside.auth_url,
+            workers=self.cfg.workers,
+            log_path=beside.logs / f"{kind}.log",
+            extra_env=None if floor else self.cfg.service_env,
+            floor=floor,
+        ) as target:
+            auth = "-" if floor else beside.auth_key
+            label, base = f"{kind}/{name}", target.base_url
+            # Fresh processes: warm their pools and prepared statements first, unmeasured.
+            self._service(
+                name, clients, -1, self.cfg.warmup_s, base_url=base, label=label, auth=auth
             )
-        )
+            return self._measured(
+                lambda: self._service(
+                    name, clients, rep, duration_s, base_url=base, label=label, auth=auth
+                ),
+                pids=[w.pid for w in target.workers()],
+            )
 
     def _service(
         self,
@@ -357,19 +367,7 @@ def beside_the_service(cfg: Config, url: str, out: Path, clock: Clock) -> Iterat
             asyncio.run(seeding.load_reference(reference_url, str(REFERENCE_DIR)))
         else:
             clock.say(f"no reference at {REFERENCE_DIR} (WALLET_BENCH_REFERENCE): not measured")
-        with (
-            service.serve(
-                url, workers=cfg.workers, log_path=out / "floor.log", floor=True
-            ) as floor,
-            service.serve(
-                auth_url,
-                workers=cfg.workers,
-                log_path=out / "serve-auth.log",
-                extra_env=cfg.service_env,
-            ) as authed,
-        ):
-            clock.say("floor app and auth-on service are up")
-            yield Beside(floor, authed, secret, reference_url)
+        yield Beside(auth_url, secret, reference_url, out)
     finally:
         for name in (auth_name, reference_name):
             asyncio.run(seeding.drop_database(cfg.server_url, name))
