@@ -1030,7 +1030,8 @@ async def a_story(client: httpx.AsyncClient, factory: Factory) -> Story:
     )
     done["bonus"] = await transact(client, user, 5, "BONUS", metadata={"vip": False})
     done["out"] = await transfer(client, user, other, 10, reference="r-1", metadata={"level": 4})
-    done["in"] = await transfer(client, other, user, 7, metadata={"s": 'O\'Brien "q" \\ ;--'})
+    hostile = {"s": 'O\'Brien "q" \\ ;--', "p": "100% $1 :x %(y)s ?"}
+    done["in"] = await transfer(client, other, user, 7, metadata=hostile)
     done["refund"] = await reverse(client, done["spend"]["transactionId"], {"amount": 12})
     return Story(
         user,
@@ -1074,6 +1075,8 @@ FILTERS: list[tuple[dict[str, str], list[str]]] = [
     ({"metadata.vip": "false"}, ["bonus"]),
     ({"metadata.note": "null"}, ["topup"]),
     ({"metadata.s": 'O\'Brien "q" \\ ;--'}, ["in"]),
+    ({"metadata.p": "100% $1 :x %(y)s ?"}, ["in"]),
+    ({"metadata.p": "100%"}, []),
     ({"metadata.missing": "x"}, []),
     ({"metadata.level": "3", "type": "SPEND"}, ["spend"]),
     ({"metadata.level": "3", "metadata.vip": "true"}, ["topup"]),
