@@ -1,9 +1,9 @@
 """How the ledger's tables grow: post N transactions through the real posting function (in the
 database, no HTTP), then measure every table and index, per million postings.
 
-Usage: python -m bench.storage [--postings 200000] [--users 1000] [--server-url URL]
-(the local PostgreSQL by default; a database of its own, dropped afterwards). docs/scaling.md
-quotes its output.
+Usage: python -m bench.storage [--postings 200000] [--users 1000] [--server-url URL | --private]
+(the local PostgreSQL by default, or a private one; a database of its own, dropped afterwards).
+docs/scaling.md quotes its output.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from chaos.standby import Pair
 from wallet.cli import _run, migrate
 from wallet.seed import seed
 
@@ -76,9 +77,11 @@ async def measure(url: str, postings: int, users: int) -> list[str]:
         )
         await conn.execute("CREATE INDEX ON bench_users (n)")
         started, completed = time.monotonic(), 0
+        wal_before = await conn.fetchval("SELECT pg_current_wal_lsn()")
         for done in range(0, postings, CHUNK):
             completed += await conn.fetchval(POST_CHUNK, min(CHUNK, postings - done), users)
         seconds = time.monotonic() - started
+        wal = await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", wal_before)
         await conn.execute("VACUUM (ANALYZE) transactions, entries, idempotency_keys, accounts")
         total = await conn.fetchval("SELECT count(*) FROM transactions")
         rows = await conn.fetch(SIZES)
@@ -110,6 +113,9 @@ async def measure(url: str, postings: int, users: int) -> list[str]:
         f"Tables {heap * per_million / 2**20:,.0f} MiB + indexes {index * per_million / 2**20:,.0f}"
         f" MiB = {(heap + index) * per_million / 2**30:,.2f} GiB per million postings"
         f" ({(heap + index) / total:,.0f} bytes a posting).",
+        f"WAL written while posting: {float(wal) / postings:,.0f} bytes a posting"
+        f" ({float(wal) * 1_000_000 / postings / 2**30:,.2f} GiB per million: what a replica"
+        " streams and an archive keeps; the server's other databases add theirs).",
     ]
     return lines
 
@@ -119,9 +125,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postings", type=int, default=200_000)
     parser.add_argument("--users", type=int, default=1_000)
     parser.add_argument("--server-url", default=os.environ.get("BENCH_SERVER_URL", DEFAULT_SERVER))
+    parser.add_argument(
+        "--private",
+        action="store_true",
+        help="on a PostgreSQL of its own (chaos.standby), so no one else's WAL is counted",
+    )
     args = parser.parse_args(argv)
+    if args.private:
+        private = Pair(database="postgres", log_statements=False)
+        try:
+            private.primary.run(
+                "initdb", "-D", str(private.primary.datadir), "-U", "postgres", "--auth=trust",
+                "--no-sync",
+            )  # fmt: skip
+            private.primary.start()
+            return run(private.primary.url("postgres"), args.postings, args.users)
+        finally:
+            private.close()
+    return run(args.server_url, args.postings, args.users)
+
+
+def run(server: str, postings: int, users: int) -> int:
     name = f"wallet_growth_{os.getpid()}"
-    server = args.server_url
     url = make_url(server).set(database=name).render_as_string(hide_password=False)
 
     async def admin(sql: str) -> None:
@@ -135,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         migrate(url)
         _run(url, seed)
-        for line in asyncio.run(measure(url, args.postings, args.users)):
+        for line in asyncio.run(measure(url, postings, users)):
             print(line)
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
