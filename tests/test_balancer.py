@@ -69,8 +69,10 @@ def deployment(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     migrate(url)
     _run(url, seed)
     directory = tmp_path_factory.mktemp("nginx")
-    first, first_base = start_server(url)
-    second, second_base = start_server(url)
+    # Small pools: the SPENDs on one wallet queue on its row lock anyway, and the shared server's
+    # connections are not ours alone.
+    first, first_base = start_server(url, WALLET_POOL_SIZE="4")
+    second, second_base = start_server(url, WALLET_POOL_SIZE="4")
     port = free_port()
     upstreams = [int(b.rsplit(":", 1)[1]) for b in (first_base, second_base)]
     template = (ROOT / "deploy" / "nginx.conf").read_text(encoding="utf-8")
