@@ -449,6 +449,16 @@ async def test_hold_lifecycle_partial_capture_expiry_and_replays(
         )
     found = await run(engine, lambda c: ledger.holds_by_id(c, [short.hold_id]))
     assert found[short.hold_id].status == "EXPIRED"
+    swept = await create_hold(engine, ledger.HoldRequest(user, GOLD, 5, expires_in_seconds=1))
+    await asyncio.sleep(1.2)
+    await run(engine, lambda c: ledger.expire_holds(c))
+    with pytest.raises(HoldExpired):  # swept first: the same answer, on every surface
+        await run(
+            engine,
+            lambda c: ledger.capture_hold(
+                c, ledger.CaptureRequest(swept.hold_id), key=key(), principal="h"
+            ),
+        )
     assert (await balance(engine, user)).held == 0
     await audited(engine)
 

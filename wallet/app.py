@@ -180,6 +180,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             DBAPIError: handle_database_error,
             asyncpg.PostgresError: handle_database_error,
             asyncpg.InterfaceError: handle_database_error,
+            asyncpg.InternalClientError: handle_database_error,
             PoolTimeout: handle_database_error,
             OSError: handle_database_error,
             Exception: handle_unexpected,

@@ -99,7 +99,10 @@ def map_database_error(error: Exception) -> WalletError | None:
         lost = isinstance(error, DBAPIError) and error.connection_invalidated
         if lost or state in _UNAVAILABLE_STATES:
             return Unavailable("The database is unavailable; retry shortly.")
-    if isinstance(error, OSError | ConnectionError | asyncpg.InterfaceError):
+    if isinstance(
+        error,
+        OSError | ConnectionError | asyncpg.InterfaceError | asyncpg.InternalClientError,
+    ):  # a connection lost, through SQLAlchemy or on the hot path
         return Unavailable("The database is unavailable; retry shortly.")
     return None
 

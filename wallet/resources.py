@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError
@@ -133,6 +133,21 @@ async def with_connection(
     raise AssertionError("unreachable")
 
 
+# What a pooled asyncpg connection raises once PostgreSQL ended it (a terminated backend, a
+# restart): the connection is discarded and, for work that may run twice, retried once on a
+# fresh one. InternalClientError is how asyncpg reports a connection left mid-way by a FATAL
+# message that arrived while it was idle in the pool.
+_LOST: Final = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+    OSError,
+)
+
+
 async def with_pg(
     pool: asyncpg.Pool,
     work: Callable[[asyncpg.Connection], Awaitable[T]],
@@ -144,13 +159,18 @@ async def with_pg(
     own (each statement is one). `retry` as there: only for reads and keyed postings."""
     for attempt in (1, 2) if retry else (2,):
         try:
-            async with pool.acquire(timeout=timeout_s) as conn:
-                return await work(conn)
+            conn = await pool.acquire(timeout=timeout_s)
         except TimeoutError:
             raise Busy("All database connections are busy; retry shortly.") from None
-        except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError):
+        try:
+            return await work(conn)
+        except _LOST:
+            conn.terminate()  # never handed out again: the pool opens a fresh one
             if attempt == 2:
                 raise
+        finally:
+            with contextlib.suppress(*_LOST):
+                await pool.release(conn)
     raise AssertionError("unreachable")
 
 

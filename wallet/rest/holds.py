@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from wallet import ledger
-from wallet.errors import Declined, HoldExpired, HoldNotActive, HoldNotFound, ValidationError
+from wallet.errors import Declined, HoldNotFound, ValidationError
 from wallet.http import JSONResponse, iso, ok, read_json_object
 from wallet.inputs import (
     parse_amount,
@@ -117,11 +117,6 @@ async def post_capture(request: Request) -> Response:
         lambda conn: ledger.capture_hold(conn, capture, key=key, principal=who.name),
         kind="CAPTURE",
     )
-    if isinstance(result, HoldNotActive) and result.details.get("status") == "EXPIRED":
-        # Past its expiry a capture is HOLD_EXPIRED, whether or not the sweeper got there first.
-        expired = HoldExpired(f"Hold {hold_id} expired.")
-        expired.replayed = result.replayed
-        result = expired
     return _answer(result)
 
 

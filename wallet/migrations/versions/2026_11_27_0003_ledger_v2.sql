@@ -613,6 +613,8 @@ BEGIN
     IF v_hold.status = 'HELD' AND v_hold.expires_at <= v_now THEN
         v_hold := ledger_release_hold(v_hold, 'EXPIRED');
         v_outcome := 'HOLD_EXPIRED';
+    ELSIF v_hold.status = 'EXPIRED' THEN  -- swept already: the same answer as unswept
+        v_outcome := 'HOLD_EXPIRED';
     ELSIF v_hold.status <> 'HELD' THEN
         v_outcome := 'HOLD_NOT_ACTIVE';
     END IF;
