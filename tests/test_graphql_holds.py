@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import httpx
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import Factory
@@ -486,3 +487,24 @@ async def test_a_hold_made_while_the_listener_is_away_is_pushed_after_the_resync
             assert await drop_feed_listeners(engine)
         assert pushed(await sub.next(wait=20)) == (str(n), "10", str(n - 10))
         assert await sub.nothing_within(1.5)
+
+
+async def test_a_capture_after_the_sweep_is_hold_expired_as_before_it(
+    client: httpx.AsyncClient, factory: Factory, engine: AsyncEngine
+) -> None:
+    """The same answer as before the sweeper released the hold (and as REST's); a void of an
+    expired hold is HOLD_NOT_ACTIVE: it is no longer HELD."""
+    user = await factory.user(gold=20)
+    made = await mutate(client, CREATE_HOLD, hold_input(user, 5, expiresInSeconds=1))
+    hold_id = made["hold"]["id"]
+    await asyncio.sleep(1.2)
+    async with engine.begin() as conn:  # what `wallet serve`'s sweeper does (if not done yet)
+        await conn.execute(text("SELECT wallet_expire_holds(1000)"))
+    async with engine.connect() as conn:
+        found = await ledger.holds_by_id(conn, [uuid.UUID(hold_id)])
+    assert found[uuid.UUID(hold_id)].status == "EXPIRED"
+    late = await mutate(client, CAPTURE_HOLD, {"holdId": hold_id, "idempotencyKey": key()})
+    assert (late["__typename"], late["code"]) == ("HoldExpired", "HOLD_EXPIRED")
+    void = await mutate(client, VOID_HOLD, {"holdId": hold_id, "idempotencyKey": key()})
+    assert (void["__typename"], void["status"]) == ("HoldNotActive", "EXPIRED")
+    assert await factory.balance(user) == 20
