@@ -530,6 +530,7 @@ DECLARE
     v_account accounts;
     v_hold holds;
     v_result jsonb;
+    v_now timestamptz;
 BEGIN
     v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
     IF v_stored.scope IS NOT NULL THEN
@@ -550,11 +551,12 @@ BEGIN
         RETURN;
     END IF;
     PERFORM ledger_move_user(v_account.id, 0, p_amount);
+    v_now := clock_timestamp();  -- one instant: expiresAt - createdAt = expiresInSeconds
     INSERT INTO holds (id, account_id, asset_id, user_id, amount, status, expires_at, principal,
                        reference, metadata, created_at)
     VALUES (p_hold, v_account.id, v_asset.id, p_user, p_amount, 'HELD',
-            clock_timestamp() + make_interval(secs => p_expires_in_seconds), p_principal,
-            p_reference, p_metadata, clock_timestamp())
+            v_now + make_interval(secs => p_expires_in_seconds), p_principal,
+            p_reference, p_metadata, v_now)
     RETURNING * INTO v_hold;
     PERFORM ledger_notify(v_account.id);
     v_result := ledger_with_balance(ledger_hold_view(v_hold), v_account.id);
