@@ -20,7 +20,8 @@ from wallet.schema.build import WalletSchema, build_schema
 from wallet.seed import ALICE
 from wallet.settings import Settings
 
-CEILING_S = 0.5  # a sanity bound for one validation: the refused documents take milliseconds
+CEILING_S = 2.0  # a sanity bound on a shared, noisy machine: the refused documents take
+# milliseconds, and 20 levels took ~10 s before validation was bounded (40 levels: hours)
 
 
 def doubling(levels: int, *, leaf: str = "assets { slug }") -> str:
@@ -215,4 +216,7 @@ async def test_hostile_documents_do_not_stall_other_requests(base_url: str) -> N
             stop.set()
             await asyncio.gather(*attackers)
     assert refused >= 2 * len(HOSTILE)  # the attack really ran alongside the probes
-    assert max(latencies) < 1.0, sorted(latencies)[-5:]
+    # Before the fix, two such queries held /healthz for 7.5 s; now each probe is answered at
+    # once (the bound leaves room for a shared, noisy machine).
+    assert max(latencies) < 3.0, sorted(latencies)[-5:]
+    assert sorted(latencies)[len(latencies) // 2] < 0.5, sorted(latencies)
