@@ -146,8 +146,9 @@ async def test_counters_add_up_across_two_workers(metrics_db: str, tmp_path: Pat
         # Labels are templates: no user id ever becomes a label value.
         assert not any(rich in dict(labels).get("route", "") for _, labels in after)
         # Gauges: every worker's pool is there, and no subscription is open.
-        idle = value(after, "wallet_db_pool_connections", pool="primary", state="idle")
-        assert idle >= 2  # at least one connection per worker went back to its pool
+        for pool in ("hot", "primary"):  # asyncpg's (postings, balances) and the engine's (keys)
+            idle = value(after, "wallet_db_pool_connections", pool=pool, state="idle")
+            assert idle >= 2, pool  # at least one connection per worker went back to its pool
         assert value(after, "wallet_feed_subscribers") == 0
         # Both workers answered some of it (each writes its own files).
         pids = {p.stem.rsplit("_", 1)[1] for p in shared.glob("counter_*.db")}

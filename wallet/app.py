@@ -93,6 +93,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
         sweeper = HoldSweeper(autocommit)  # releases expired holds, in every process
         sweeper.start()
         metrics.watch_pool("primary", engine)
+        metrics.watch_asyncpg_pool("hot", pool)
         replica = open_replica(settings, autocommit)  # DATABASE_READ_URL, when set
         if replica is not None:
             metrics.watch_pool("replica", replica.engine)

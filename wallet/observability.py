@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -106,7 +106,8 @@ class Metrics:
         )
         self.pool: Gauge = prom.Gauge(
             "wallet_db_pool_connections",
-            "Database connections of the service's pools, by pool and state.",
+            "Database connections of the service's pools (hot: asyncpg's for balances and"
+            " postings; primary: the engine's; replica), by pool and state.",
             ["pool", "state"],
             multiprocess_mode="livesum",
             registry=registry,
@@ -126,7 +127,8 @@ class Metrics:
         self._request_children: dict[tuple[str, str, str], Any] = {}
         self._duration_children: dict[tuple[str, str], Any] = {}
         self._posting_children: dict[tuple[str, str], Any] = {}
-        self._pools: list[tuple[str, AsyncEngine]] = []
+        # name -> () -> (in use, idle), read when sampling
+        self._pools: list[tuple[str, Callable[[], tuple[int, int]]]] = []
 
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, str(status))
@@ -160,14 +162,21 @@ class Metrics:
 
     def watch_pool(self, name: str, engine: AsyncEngine) -> None:
         """Sampled (see `sample`), not counted per checkout: no work on the request path."""
-        self._pools.append((name, engine))
+        pool: Any = engine.sync_engine.pool
+        self._pools.append((name, lambda: (pool.checkedout(), pool.checkedin())))
+
+    def watch_asyncpg_pool(self, name: str, pool: Any) -> None:
+        """An asyncpg pool (the hot routes'), sampled the same way."""
+        self._pools.append(
+            (name, lambda: (pool.get_size() - pool.get_idle_size(), pool.get_idle_size()))
+        )
 
     def sample(self, *, feed_subscribers: int) -> None:
         """Refresh this process's gauges; the lifespan calls it every second and before a scrape."""
-        for name, engine in self._pools:
-            pool: Any = engine.sync_engine.pool
-            self.pool.labels(name, "in_use").set(pool.checkedout())
-            self.pool.labels(name, "idle").set(pool.checkedin())
+        for name, counts in self._pools:
+            in_use, idle = counts()
+            self.pool.labels(name, "in_use").set(in_use)
+            self.pool.labels(name, "idle").set(idle)
         self.feed_subscribers.set(feed_subscribers)
 
     def render(self) -> tuple[bytes, str]:
