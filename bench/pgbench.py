@@ -88,8 +88,8 @@ def script(
     lines = [f"-- made by bench from {len(statements)} captured statement(s)"]
     if random_user is not None:
         lines.append(f"\\set u random(1, {users})")
-    if second_user is not None:  # a second random user: a transfer's recipient
-        lines.append(f"\\set v random(1, {users})")
+    if second_user is not None:  # a second random user, never the first: a transfer's recipient
+        lines.append(f"\\set v 1 + (:u + random(0, {users - 2})) % {users}")
     for statement in statements:
         sql = render(statement, random_user=random_user, known=known, second_user=second_user)
         if replace is not None:

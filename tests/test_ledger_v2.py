@@ -32,6 +32,7 @@ from wallet.errors import (
     NotReversible,
     ReversalExceedsOriginal,
     UserNotFound,
+    ValidationError,
     WalletError,
 )
 
@@ -124,6 +125,7 @@ async def test_transfer_refusals(engine: AsyncEngine, factory: Factory) -> None:
         (ledger.TransferRequest(uuid.uuid4(), bob, GOLD, 1), UserNotFound),
         (ledger.TransferRequest(alice, uuid.uuid4(), GOLD, 1), UserNotFound),
         (ledger.TransferRequest(alice, bob, "no_such_asset", 1), AssetNotFound),
+        (ledger.TransferRequest(alice, alice, GOLD, 1), ValidationError),  # the SQL refuses it too
     ]:
         with pytest.raises(error):
             await transfer(engine, request)

@@ -105,9 +105,10 @@ _RAISED: Final = {
     "W0004": (HoldNotFound, "Hold not found."),
     "W0006": (ValidationError, "amount exceeds the hold's amount."),
     "W0007": (ValidationError, "toUserId must be another user than the hold's."),
+    "W0008": (ValidationError, "toUserId must be another user than fromUserId."),
     "W0103": (BalanceLimitExceeded, "The asset's Treasury has no room left for this amount."),
 }
-_FIELDS: Final = {"W0006": "amount", "W0007": "toUserId"}
+_FIELDS: Final = {"W0006": "amount", "W0007": "toUserId", "W0008": "toUserId"}
 
 
 def raise_for_sqlstate(error: Exception, **names: str) -> NoReturn:

@@ -16,7 +16,8 @@
 --   that row. Outcomes the ledger decides (COMPLETED and the 422s) are stored with the answer and
 --   replayed; errors raised with a W0xxx SQLSTATE roll back, so a corrected retry can run.
 -- * Raised SQLSTATEs: W0001 user not found, W0002 asset not found, W0003 transaction not found,
---   W0004 hold not found, W0005 invalid batch operation, W0100 unbalanced, W0101 append-only,
+--   W0004 hold not found, W0005 invalid batch operation, W0008 a transfer to its sender,
+--   W0100 unbalanced, W0101 append-only,
 --   W0103 the asset's whole Treasury has no room.
 
 CREATE OR REPLACE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -357,6 +358,9 @@ DECLARE
     v_now timestamptz;
     v_post record;
 BEGIN
+    IF p_from = p_to THEN
+        RAISE EXCEPTION 'a transfer needs two users' USING ERRCODE = 'W0008';
+    END IF;
     PERFORM ledger_require_user(p_from);
     PERFORM ledger_require_user(p_to);
     v_now := clock_timestamp();
