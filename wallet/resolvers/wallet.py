@@ -40,7 +40,7 @@ async def balances(
         return await ctx.loaders.balances.load(user_id) or []
     if at > datetime.now(UTC):
         raise ValidationError("at must not be in the future.", field="at")
-    return await read(ctx.resources, lambda conn: ledger.balances_at(conn, user_id, at))
+    return await read_replica(ctx.resources, lambda conn: ledger.balances_at(conn, user_id, at))
 
 
 async def balance(ctx: Context, user_id: uuid.UUID, asset_id: int) -> ledger.Balance | None:

@@ -15,7 +15,7 @@ from wallet.auth import Principal
 from wallet.errors import TransactionNotFound
 from wallet.http import iso, ok, read_json_object
 from wallet.inputs import parse_metadata, parse_optional_amount, parse_reason, parse_uuid
-from wallet.resources import post, principal, read, resources
+from wallet.resources import post, principal, read_replica, resources
 from wallet.rest.common import idempotency_key, optional_id, replayed_header
 
 
@@ -106,7 +106,7 @@ async def get_transaction(request: Request) -> Response:
     who = principal(request)
     if not who.can("read") and who.user_id is None:
         who.require_transaction_reader(None)  # a key without `read`: no need to look
-    view = await read(
+    view = await read_replica(
         resources(request), lambda conn: ledger.transaction_view(conn, transaction_id)
     )
     who.require_transaction_reader(None if view is None else [e.user_id for e in view.entries])

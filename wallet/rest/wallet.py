@@ -24,7 +24,7 @@ from wallet.inputs import (
     parse_tx_type,
     parse_user_id,
 )
-from wallet.resources import post_hot, principal, read, read_hot, read_replica, resources
+from wallet.resources import post_hot, principal, read_hot, read_replica, resources
 from wallet.rest.common import idempotency_key, optional_id, query_param, replayed_header
 
 
@@ -58,7 +58,9 @@ async def get_balance(request: Request) -> Response:
             lambda conn: ledger.balances(conn, user_id),
         )
     else:
-        found = await read(resources(request), lambda conn: ledger.balances_at(conn, user_id, at))
+        found = await read_replica(
+            resources(request), lambda conn: ledger.balances_at(conn, user_id, at)
+        )
     return ok([balance_row(b) for b in found])
 
 
