@@ -227,6 +227,8 @@ def _filtered(query: Select[Any], filters: HistoryFilter) -> Select[Any]:
         conditions.append(Transaction.type == filters.type)
     if filters.reference is not None:
         conditions.append(Transaction.reference == filters.reference)
+    if filters.metadata:  # the partial GIN index's own predicate, so the planner may use it
+        conditions.append(Transaction.metadata_ != cast(literal("{}", literal_execute=True), JSONB))
     conditions.extend(_metadata_matches(k, v) for k, v in filters.metadata.items())
     if filters.since is not None:
         conditions.append(Entry.created_at >= filters.since)

@@ -54,7 +54,11 @@ ALTER TABLE transactions
 --;
 CREATE INDEX ix_transactions_reference ON transactions (reference) WHERE reference IS NOT NULL
 --;
+-- Only transactions that carry metadata: most postings have none, and a GIN insert on every
+-- posting cost a fifth of the posting's throughput (history's metadata filter states the same
+-- predicate, so the planner uses this index).
 CREATE INDEX ix_transactions_metadata ON transactions USING gin (metadata jsonb_path_ops)
+    WHERE metadata <> '{}'::jsonb
 --;
 CREATE INDEX ix_transactions_reverses_id ON transactions (reverses_id)
     WHERE reverses_id IS NOT NULL
