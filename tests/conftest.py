@@ -163,9 +163,14 @@ def start_server(
 
 
 @pytest.fixture(scope="session")
-def base_url(database_url: str) -> Iterator[str]:
-    """The service under test, over real HTTP on loopback."""
-    proc, base = start_server(database_url)
+def base_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service under test, over real HTTP on loopback (its output: WALLET_TEST_SERVER_LOG,
+    or a file in the session's temporary directory)."""
+    log = Path(
+        os.environ.get("WALLET_TEST_SERVER_LOG")
+        or tmp_path_factory.mktemp("server") / "serve.log"
+    )
+    proc, base = start_server(database_url, log=log)
     yield base
     proc.terminate()
     proc.wait(timeout=30)

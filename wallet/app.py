@@ -70,11 +70,11 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Resources]]:
-        # The hot routes (balances, TOPUP/BONUS/SPEND) use the asyncpg pool below, sized
-        # WALLET_POOL_SIZE; everything else the engine's, half as large (they open on demand).
+        # The hot routes (balances, TOPUP/BONUS/SPEND) use the asyncpg pool below; everything
+        # else the engine's. Both are WALLET_POOL_SIZE and open connections on demand.
         engine = create_engine(
             database_url,
-            pool_size=max(2, settings.pool_size // 2),
+            pool_size=settings.pool_size,
             pool_timeout_s=settings.pool_timeout_s,
             lock_timeout_ms=settings.lock_timeout_ms,
             statement_timeout_ms=settings.statement_timeout_ms,
