@@ -167,8 +167,7 @@ def base_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """The service under test, over real HTTP on loopback (its output: WALLET_TEST_SERVER_LOG,
     or a file in the session's temporary directory)."""
     log = Path(
-        os.environ.get("WALLET_TEST_SERVER_LOG")
-        or tmp_path_factory.mktemp("server") / "serve.log"
+        os.environ.get("WALLET_TEST_SERVER_LOG") or tmp_path_factory.mktemp("server") / "serve.log"
     )
     proc, base = start_server(database_url, log=log)
     yield base
