@@ -189,7 +189,8 @@ CREATE OR REPLACE FUNCTION ledger_post_user(
     p_principal text, p_reference text, p_metadata jsonb, p_now timestamptz,
     p_reverses uuid DEFAULT NULL, p_reason text DEFAULT NULL, p_hold uuid DEFAULT NULL,
     p_release bigint DEFAULT 0,
-    OUT outcome text, OUT balance_before bigint, OUT balance_after bigint, OUT available bigint
+    OUT outcome text, OUT balance_before bigint, OUT balance_after bigint, OUT available bigint,
+    OUT posted_at timestamptz
 ) LANGUAGE plpgsql AS $$
 -- Move coins between a user and the Treasury: `p_credit` when the Treasury pays the user (TOPUP,
 -- BONUS, the reversal of a SPEND), otherwise the user pays it (SPEND, a capture, the reversal of
@@ -214,6 +215,10 @@ BEGIN
             v_held := 0;
         END IF;
     END IF;
+    -- The posting's instant, taken once its lock is held: an account's entries are in the same
+    -- order by time and by version, so the balance at an instant is a lookup.
+    p_now := greatest(p_now, clock_timestamp());
+    posted_at := p_now;
     balance_before := v_balance;
     balance_after := v_balance;
     available := v_balance - v_held;
@@ -274,7 +279,7 @@ BEGIN
         RETURN;
     END IF;
     v_asset := ledger_asset(p_asset);
-    v_now := clock_timestamp();  -- after the key: entries of an account are in time order
+    v_now := clock_timestamp();  -- the posting takes its own instant once it holds its lock
     SELECT * INTO v_post FROM ledger_post_user(
         v_asset, p_user, p_type, p_type <> 'SPEND', p_amount, p_txn, p_principal, p_reference,
         p_metadata, v_now);
@@ -285,7 +290,7 @@ BEGIN
      WHERE k.scope = p_scope AND k.key = p_key;
     RETURN QUERY SELECT v_post.outcome, false, true,
         CASE WHEN v_post.outcome = 'COMPLETED' THEN p_txn END,
-        v_post.balance_before, v_post.balance_after, v_now;
+        v_post.balance_before, v_post.balance_after, v_post.posted_at;
 END $$;
 --;
 CREATE OR REPLACE FUNCTION ledger_post_transfer(
@@ -293,7 +298,8 @@ CREATE OR REPLACE FUNCTION ledger_post_transfer(
     p_principal text, p_reference text, p_metadata jsonb, p_now timestamptz,
     p_reverses uuid DEFAULT NULL, p_reason text DEFAULT NULL, p_hold uuid DEFAULT NULL,
     p_release bigint DEFAULT 0,
-    OUT outcome text, OUT from_balance bigint, OUT to_balance bigint, OUT available bigint
+    OUT outcome text, OUT from_balance bigint, OUT to_balance bigint, OUT available bigint,
+    OUT posted_at timestamptz
 ) LANGUAGE plpgsql AS $$
 -- Move coins from one user wallet to another (a TRANSFER, the reversal of one, or a capture to
 -- a user). `p_release` is held on the sender and released by this posting (a capture).
@@ -304,6 +310,8 @@ DECLARE
     v_to_version bigint;
 BEGIN
     PERFORM ledger_lock_accounts(p_asset.id, ARRAY[p_from, p_to], ARRAY[p_to]);
+    p_now := greatest(p_now, clock_timestamp());  -- once the locks are held (see ledger_post_user)
+    posted_at := p_now;
     SELECT * INTO v_from FROM accounts a WHERE a.user_id = p_from AND a.asset_id = p_asset.id;
     SELECT * INTO v_to FROM accounts a WHERE a.user_id = p_to AND a.asset_id = p_asset.id;
     IF v_from.id IS NULL OR v_from.balance - v_from.held + p_release < p_amount THEN
@@ -370,7 +378,7 @@ BEGIN
     outcome := v_post.outcome;
     IF outcome = 'COMPLETED' THEN
         result := ledger_transfer_result(p_txn, p_from, p_to, p_asset, p_amount,
-            v_post.from_balance, v_post.to_balance, p_reference, p_metadata, v_now);
+            v_post.from_balance, v_post.to_balance, p_reference, p_metadata, v_post.posted_at);
     ELSE
         result := jsonb_build_object('available', v_post.available::text,
                                      'balance', v_post.from_balance::text,
@@ -482,7 +490,8 @@ BEGIN
     v_stored.result := jsonb_build_object(
         'transactionId', p_txn, 'reversesTransactionId', p_original, 'assetSlug', v_asset.slug,
         'amount', v_amount, 'remainingReversible', v_original.amount - v_reversed - v_amount,
-        'balances', v_balances, 'reason', p_reason, 'metadata', p_metadata, 'createdAt', v_now);
+        'balances', v_balances, 'reason', p_reason, 'metadata', p_metadata,
+        'createdAt', v_post.posted_at);
     PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', p_txn, v_stored.result);
     RETURN QUERY SELECT 'COMPLETED'::text, false, true, v_stored.result;
 END $$;
@@ -746,7 +755,7 @@ BEGIN
         v_now := clock_timestamp();
         SELECT d.outcome, false AS replayed, true AS fingerprint_matches,
                CASE WHEN d.outcome = 'COMPLETED' THEN v_txn END AS transaction_id,
-               d.balance_before, d.balance_after, v_now AS created_at
+               d.balance_before, d.balance_after, d.posted_at AS created_at
           INTO v_row
           FROM ledger_post_user(ledger_asset(p_op->>'assetSlug'), (p_op->>'userId')::uuid,
                                 p_op->>'op', p_op->>'op' <> 'SPEND', v_amount, v_txn,
