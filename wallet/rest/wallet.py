@@ -35,12 +35,13 @@ def in_stored_order(metadata: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def balance_row(b: ledger.Balance) -> dict[str, Any]:
+    """The legacy row's fields first, in the legacy order; the new ones after them."""
     return {
         "id": b.account_id,
         "slug": b.asset.slug,
         "name": b.asset.name,
-        "decimals": b.asset.decimals,
         "balance": str(b.amount),
+        "decimals": b.asset.decimals,
         "available": str(b.available),
         "held": str(b.held),
     }
