@@ -46,13 +46,14 @@ CREATE OR REPLACE FUNCTION ledger_check_entries_balanced() RETURNS trigger LANGU
 BEGIN
     IF EXISTS (
         SELECT 1
-          FROM (SELECT DISTINCT n.transaction_id FROM new_entries n) touched
-          JOIN transactions t ON t.id = touched.transaction_id
-          JOIN entries e ON e.transaction_id = t.id
-         GROUP BY t.id, t.amount, t.asset_id
-        HAVING coalesce(sum(e.amount) FILTER (WHERE e.direction = 'DEBIT'), 0) <> t.amount
-            OR coalesce(sum(e.amount) FILTER (WHERE e.direction = 'CREDIT'), 0) <> t.amount
-            OR bool_or(e.asset_id <> t.asset_id)
+          FROM (SELECT DISTINCT n.transaction_id FROM new_entries n) touched,
+               LATERAL (  -- one index lookup per touched transaction, whatever the table sizes
+                   SELECT min(t.amount) AS amount, bool_or(e.asset_id <> t.asset_id) AS mixed,
+                          coalesce(sum(e.amount) FILTER (WHERE e.direction = 'DEBIT'), 0) AS debits,
+                          coalesce(sum(e.amount) FILTER (WHERE e.direction = 'CREDIT'), 0) AS credits
+                     FROM transactions t JOIN entries e ON e.transaction_id = t.id
+                    WHERE t.id = touched.transaction_id) s
+         WHERE s.debits <> s.amount OR s.credits <> s.amount OR s.mixed
     ) THEN
         RAISE EXCEPTION 'an INSERT on entries left a transaction unbalanced' USING ERRCODE = 'W0100';
     END IF;
@@ -139,16 +140,27 @@ CREATE OR REPLACE FUNCTION ledger_treasury_move(
     p_asset_id integer, p_shards integer, p_delta bigint,
     OUT account_id bigint, OUT balance bigint, OUT version bigint
 ) LANGUAGE plpgsql AS $$
--- Move `p_delta` on one shard of the asset's Treasury: a random one, or, if that one has no room
--- left for it (bigint), the one with the most room. Called as the last write of a posting.
+-- Move `p_delta` on one shard of the asset's Treasury: the one a batch pinned (see wallet_batch),
+-- else a random one; if that one has no room left for it (bigint), the one with the most room.
+-- Called as the last write of a posting.
 DECLARE
+    v_pinned bigint := (nullif(current_setting('wallet.treasury_pins', true), '')::jsonb
+                        ->> p_asset_id::text)::bigint;
     v_shard integer := floor(random() * p_shards)::integer;
 BEGIN
-    UPDATE accounts a SET balance = a.balance + p_delta, version = a.version + 1
-     WHERE a.kind = 'TREASURY' AND a.asset_id = p_asset_id AND a.shard = v_shard
-       AND CASE WHEN p_delta < 0 THEN a.balance >= -9223372036854775808 - p_delta
-                ELSE a.balance <= 9223372036854775807 - p_delta END
-    RETURNING a.id, a.balance, a.version INTO account_id, balance, version;
+    IF v_pinned IS NOT NULL THEN
+        UPDATE accounts a SET balance = a.balance + p_delta, version = a.version + 1
+         WHERE a.id = v_pinned
+           AND CASE WHEN p_delta < 0 THEN a.balance >= -9223372036854775808 - p_delta
+                    ELSE a.balance <= 9223372036854775807 - p_delta END
+        RETURNING a.id, a.balance, a.version INTO account_id, balance, version;
+    ELSE
+        UPDATE accounts a SET balance = a.balance + p_delta, version = a.version + 1
+         WHERE a.kind = 'TREASURY' AND a.asset_id = p_asset_id AND a.shard = v_shard
+           AND CASE WHEN p_delta < 0 THEN a.balance >= -9223372036854775808 - p_delta
+                    ELSE a.balance <= 9223372036854775807 - p_delta END
+        RETURNING a.id, a.balance, a.version INTO account_id, balance, version;
+    END IF;
     IF FOUND THEN
         RETURN;
     END IF;
@@ -769,6 +781,107 @@ BEGIN
                               'createdAt', v_row.created_at);
 END $$;
 --;
+CREATE OR REPLACE FUNCTION ledger_batch_set(p_ops jsonb, p_principal text, p_pins jsonb)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+-- An atomic batch without per-operation keys, set-based: one UPDATE of its accounts, one INSERT
+-- of its transactions, one of its entries. Every leg is checked on its account's running balance
+-- in input order. Answers each operation's result, or NULL, having written nothing, unless every
+-- operation succeeds (wallet_batch then runs the batch operation by operation to name the first
+-- failure). The caller holds the lock of every account involved: the user wallets and the
+-- Treasury shard it pinned per asset (`p_pins`: asset id -> account id).
+DECLARE
+    v_now timestamptz := clock_timestamp();
+    v_results jsonb;
+    v_accounts bigint[];
+BEGIN
+    WITH ops AS MATERIALIZED (
+        SELECT o.i - 1 AS idx, o.v->>'op' AS op, s.id AS asset_id, s.slug,
+               (o.v->>'amount')::bigint AS amount, (o.v->>'txn')::uuid AS txn,
+               o.v->>'reference' AS reference, coalesce(o.v->'metadata', '{}') AS metadata,
+               (coalesce(o.v->>'userId', o.v->>'fromUserId'))::uuid AS user_id,
+               (o.v->>'toUserId')::uuid AS to_id,
+               (p_pins->>s.id::text)::bigint AS treasury_id
+          FROM jsonb_array_elements(p_ops) WITH ORDINALITY o (v, i)
+          LEFT JOIN assets s ON s.slug = o.v->>'assetSlug'
+    ), legs AS MATERIALIZED (
+        -- Every leg in posting order (an operation's user leg, then its Treasury or recipient
+        -- leg), with its operation and its account's balance and version after it.
+        SELECT l.*, a.kind, a.held,
+               a.balance + sum(l.delta) OVER w AS balance_after,
+               a.version + row_number() OVER w AS version_after
+          FROM (SELECT o.*, 0 AS leg, a.id AS account_id,
+                       CASE WHEN o.op IN ('SPEND', 'TRANSFER') THEN -o.amount ELSE o.amount END
+                           AS delta
+                  FROM ops o LEFT JOIN accounts a
+                    ON a.user_id = o.user_id AND a.asset_id = o.asset_id
+                UNION ALL
+                SELECT o.*, 1, a.id, o.amount
+                  FROM ops o LEFT JOIN accounts a ON a.user_id = o.to_id AND a.asset_id = o.asset_id
+                 WHERE o.op = 'TRANSFER'
+                UNION ALL
+                SELECT o.*, 1, o.treasury_id,
+                       CASE WHEN o.op = 'SPEND' THEN o.amount ELSE -o.amount END
+                  FROM ops o WHERE o.op <> 'TRANSFER') l
+          LEFT JOIN accounts a ON a.id = l.account_id
+        WINDOW w AS (PARTITION BY l.account_id ORDER BY l.idx, l.leg)
+    ), ok AS (
+        SELECT NOT EXISTS (
+                   SELECT FROM ops o
+                    WHERE o.op IS NULL OR o.op NOT IN ('TOPUP', 'BONUS', 'SPEND', 'TRANSFER')
+                       OR o.asset_id IS NULL OR o.amount IS NULL OR o.amount <= 0
+                       OR o.txn IS NULL OR o.user_id IS NULL
+                       OR (o.op = 'TRANSFER' AND (o.to_id IS NULL OR o.to_id = o.user_id)))
+           AND NOT EXISTS (
+                   SELECT FROM legs l
+                    WHERE l.kind IS NULL
+                       OR l.balance_after > 9223372036854775807
+                       OR l.balance_after < CASE WHEN l.kind = 'USER' THEN l.held
+                                                 ELSE -9223372036854775808 END) AS ok
+    ), moved AS (
+        UPDATE accounts a SET balance = f.balance_after, version = f.version_after
+          FROM (SELECT DISTINCT ON (l.account_id) l.account_id, l.balance_after, l.version_after
+                  FROM legs l ORDER BY l.account_id, l.idx DESC, l.leg DESC) f, ok
+         WHERE ok.ok AND a.id = f.account_id
+    ), posted AS (
+        INSERT INTO transactions (id, type, asset_id, user_id, amount, principal, reference,
+                                  metadata, created_at)
+        SELECT o.txn, o.op, o.asset_id, o.user_id, o.amount, p_principal, o.reference,
+               o.metadata, v_now
+          FROM ops o, ok WHERE ok.ok ORDER BY o.idx
+    ), written AS (
+        INSERT INTO entries (transaction_id, account_id, asset_id, direction, amount,
+                             balance_after, account_version, created_at)
+        SELECT l.txn, l.account_id, l.asset_id,
+               CASE WHEN l.delta > 0 THEN 'CREDIT' ELSE 'DEBIT' END, l.amount, l.balance_after,
+               l.version_after, v_now
+          FROM legs l, ok WHERE ok.ok ORDER BY l.idx, l.leg
+    )
+    SELECT CASE WHEN ok.ok THEN r.results END,
+           (SELECT array_agg(DISTINCT l.account_id) FROM legs l WHERE l.kind = 'USER')
+      INTO v_results, v_accounts
+      FROM ok, (
+        SELECT jsonb_agg(CASE WHEN x.op = 'TRANSFER' THEN jsonb_build_object(
+                   'outcome', 'COMPLETED', 'replayed', false, 'fingerprintMatches', true,
+                   'result', ledger_transfer_result(x.txn, x.user_id, x.to_id, x.slug, x.amount,
+                       x.balances[1]::bigint, x.balances[2]::bigint, x.reference, x.metadata,
+                       v_now))
+               ELSE jsonb_build_object(
+                   'outcome', 'COMPLETED', 'replayed', false, 'fingerprintMatches', true,
+                   'transactionId', x.txn, 'balanceBefore', (x.balances[1] - x.delta)::text,
+                   'balanceAfter', x.balances[1]::text, 'createdAt', v_now) END
+               ORDER BY x.idx) AS results
+          FROM (SELECT l.idx, l.op, l.txn, l.user_id, l.to_id, l.slug, l.amount, l.reference,
+                       l.metadata, (array_agg(l.delta ORDER BY l.leg))[1] AS delta,
+                       array_agg(l.balance_after ORDER BY l.leg) AS balances
+                  FROM legs l
+                 GROUP BY l.idx, l.op, l.txn, l.user_id, l.to_id, l.slug, l.amount,
+                          l.reference, l.metadata) x) r;
+    IF v_results IS NOT NULL AND EXISTS (SELECT FROM feed_listeners) THEN
+        PERFORM ledger_notify(a) FROM unnest(v_accounts) a;
+    END IF;
+    RETURN v_results;
+END $$;
+--;
 CREATE OR REPLACE FUNCTION ledger_error_code(p_state text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE p_state WHEN 'W0001' THEN 'USER_NOT_FOUND' WHEN 'W0002' THEN 'ASSET_NOT_FOUND'
@@ -782,8 +895,9 @@ CREATE OR REPLACE FUNCTION wallet_batch(
 LANGUAGE plpgsql AS $$
 -- Up to 1,000 TOPUP, BONUS, SPEND and TRANSFER operations in one round trip. Every account they
 -- touch is locked first, in ascending id order, so concurrent batches never deadlock. Atomic: all
--- or nothing; the first failure rolls everything back (BATCH_FAILED). Not atomic: each operation
--- stands alone under its own key.
+-- or nothing; the first failure rolls everything back (BATCH_FAILED); without per-operation keys
+-- it is posted set-based (ledger_batch_set). Not atomic: each operation stands alone under its
+-- own key.
 DECLARE
     v_stored idempotency_keys;
     v_results jsonb[] := '{}';
@@ -791,6 +905,8 @@ DECLARE
     v_index integer := 0;
     v_failure jsonb;
     v_op jsonb;
+    v_pins jsonb;
+    v_set jsonb;
 BEGIN
     v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
     IF v_stored.scope IS NOT NULL THEN
@@ -821,7 +937,30 @@ BEGIN
                FROM jsonb_array_elements(p_ops) o WHERE o->>'op' = 'TRANSFER') w
          ON w.slug = s.slug AND w.user_id = a.user_id
       ORDER BY a.id FOR UPDATE OF a;
+    -- Pin one Treasury shard per asset, locked in asset order: every Treasury move of the batch
+    -- lands on it (ledger_treasury_move reads the pins), so concurrent batches take their shard
+    -- locks in one order too.
+    WITH pick AS MATERIALIZED (
+        SELECT s.id, floor(random() * s.treasury_shards)::integer AS shard
+          FROM assets s
+         WHERE s.slug IN (SELECT o->>'assetSlug' FROM jsonb_array_elements(p_ops) o
+                           WHERE o->>'op' <> 'TRANSFER')
+    )
+    SELECT coalesce(jsonb_object_agg(t.asset_id, t.id), '{}') INTO v_pins
+      FROM (SELECT a.id, a.asset_id FROM accounts a JOIN pick ON pick.id = a.asset_id
+             WHERE a.kind = 'TREASURY' AND a.shard = pick.shard
+             ORDER BY a.asset_id FOR UPDATE OF a) t;
+    PERFORM set_config('wallet.treasury_pins', v_pins::text, true);
 
+    IF p_atomic AND NOT EXISTS (SELECT FROM jsonb_array_elements(p_ops) o
+                                 WHERE o->>'key' IS NOT NULL) THEN
+        v_set := ledger_batch_set(p_ops, p_principal, v_pins);
+        IF v_set IS NOT NULL THEN
+            PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', NULL, v_set);
+            RETURN QUERY SELECT 'COMPLETED'::text, false, true, v_set;
+            RETURN;
+        END IF;
+    END IF;
     IF p_atomic THEN
         BEGIN
             FOR v_op IN SELECT * FROM jsonb_array_elements(p_ops) LOOP
