@@ -335,7 +335,7 @@ def _graphql_item_answer(item: BatchItem, raw: dict[str, Any]) -> Attempt:
 
 def graphql_attempt(request: Request, response: httpx.Response, latency: float) -> Attempt:
     status = response.status_code
-    if status != 200:  # answered before GraphQL ran (say, by AuthMiddleware): REST's envelope
+    if status != 200:  # answered before GraphQL ran (say, by the gateway): REST's envelope
         return rest_attempt(request, response, latency)
     try:
         body: Any = response.json()

@@ -169,3 +169,23 @@ def test_redaction_of_anything_shaped_like_a_credential() -> None:
     assert "eyJ" not in redact("token eyJhbGciOi.eyJzdWIiOi.sig")
     assert redact("GET /x?password=hunter2&limit=2") == "GET /x?password=[REDACTED]&limit=2"
     assert redact("nothing to hide here") == "nothing to hide here"
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        ("ae743eed2a26461588549c61cf43b457", "ae743eed2a26461588549c61cf43b457"),
+        ("/api/wallet/balance/{userId}", "/api/wallet/balance/{userId}"),
+        ("BASIC abc", "BASIC [REDACTED]"),
+        ("bEaReR abc", "bEaReR [REDACTED]"),
+        ("Ba\u017fic abc", "Ba\u017fic [REDACTED]"),  # a long s: the patterns' case folding
+        ("wk_0123456789ab_secret", "wk_0123456789ab_[REDACTED]"),
+        ("token=abc", "token=[REDACTED]"),
+        ("x://u:p@h", "x://u:[REDACTED]@h"),
+        ("eyJa.b.c", "[REDACTED-JWT]"),
+        ("", ""),
+    ],
+)
+def test_redaction_skips_only_what_no_pattern_matches(text: str, redacted: str) -> None:
+    """Lines with nothing to hide skip the patterns; anything a pattern matches is still caught."""
+    assert redact(text) == redacted

@@ -554,7 +554,7 @@ def test_open_mode_refuses_to_leave_loopback(database_url: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Fail closed: a route that never met AuthMiddleware has no principal, not every scope
+# Fail closed: a route the gateway never authenticated has no principal, not every scope
 # --------------------------------------------------------------------------------------------
 
 

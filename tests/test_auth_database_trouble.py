@@ -1,6 +1,7 @@
 """Database trouble met while checking credentials is a 503 with Retry-After, never a 500.
 
-AuthMiddleware runs outside the app's exception handlers, so it must map such errors itself.
+The gateway (wallet.gateway) runs outside the app's exception handlers, so it must map such errors
+itself.
 `python -m chaos` found the 500s: PostgreSQL restarting (pg-restart-*) and a full connection pool
 (pool-exhaustion) while the auth cache was cold.
 """
@@ -17,8 +18,9 @@ from starlette.types import Receive, Scope, Send
 
 from tests.conftest import free_port
 from tests.factories import in_process_resources
-from wallet.auth import AuthMiddleware
 from wallet.db.engine import create_engine
+from wallet.gateway import BrowserGuard, GatewayMiddleware
+from wallet.observability import RequestObserver
 from wallet.settings import Settings
 
 A_KEY = "wk_0123456789ab_" + "x" * 43  # well-formed, so it is looked up in the database
@@ -29,16 +31,22 @@ async def never_reached(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def client_for(engine: AsyncEngine) -> httpx.AsyncClient:
-    """AuthMiddleware alone, with the resources the lifespan would give it."""
+    """The gateway alone, with the resources the lifespan would give it (a loopback Host, so
+    the browser guard asks nothing of the database and authentication meets the trouble)."""
     settings = Settings(database_url="postgresql://unused", env="test")
     resources = in_process_resources(settings, engine)
-    middleware = AuthMiddleware(never_reached)
+    middleware = GatewayMiddleware(
+        never_reached,
+        observer=RequestObserver(metrics=resources.metrics, routes=[], access_log=False),
+        guard=BrowserGuard(allowed_hosts=[], allowed_origins=[]),
+        body_limit=settings.max_body_bytes,
+    )
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         scope["state"] = {"resources": resources}
         await middleware(scope, receive, send)
 
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://wallet")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost")
 
 
 async def transact(client: httpx.AsyncClient, headers: dict[str, str]) -> httpx.Response:

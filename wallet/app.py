@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,14 +20,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from wallet import rest
-from wallet.auth import Authenticator, AuthMiddleware, BrowserGuardMiddleware, RateLimiter
+from wallet.auth import Authenticator, RateLimiter
 from wallet.db.engine import create_engine, create_pool
 from wallet.errors import WalletError
 from wallet.feed import BalanceFeed
+from wallet.gateway import BrowserGuard, GatewayMiddleware
 from wallet.graphql_app import graphql_routes
 from wallet.http import (
-    BodyLimitMiddleware,
-    RequestIdMiddleware,
     handle_client_disconnect,
     handle_database_error,
     handle_http_exception,
@@ -34,7 +34,7 @@ from wallet.http import (
     handle_wallet_error,
 )
 from wallet.logging import configure_logging
-from wallet.observability import Metrics, ObserveMiddleware
+from wallet.observability import Metrics, RequestObserver
 from wallet.openapi import openapi_json
 from wallet.resources import Resources, open_replica, principal, resources
 from wallet.rest.batches import BATCH_PATH
@@ -131,18 +131,16 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
                 tracing.shutdown()
 
     cors = (
-        [
-            Middleware(
-                CORSMiddleware,
-                allow_origins=settings.cors_origin_list,
-                allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=["authorization", "content-type", "idempotency-key"],
-                expose_headers=["idempotent-replayed", "retry-after", "x-request-id"],
-                max_age=600,
-            )
-        ]
+        functools.partial(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["authorization", "content-type", "idempotency-key"],
+            expose_headers=["idempotent-replayed", "retry-after", "x-request-id"],
+            max_age=600,
+        )
         if settings.cors_origin_list
-        else []  # no frontend origin configured: no cross-origin access, no per-request cost
+        else None  # no frontend origin configured: no cross-origin access, no per-request cost
     )
     routes = [
         *rest.routes,
@@ -152,27 +150,23 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
     ]
     return Starlette(
         routes=routes,
-        middleware=[  # outermost first: CORS answers preflights before anyone asks who
-            Middleware(RequestIdMiddleware),
+        middleware=[  # one layer: request id, metrics, browser guard, CORS, body limit, auth
             Middleware(
-                ObserveMiddleware,
-                metrics=metrics,
-                routes=routes,
-                access_log=settings.env == "production" or settings.log_json,
+                GatewayMiddleware,
+                observer=RequestObserver(
+                    metrics=metrics,
+                    routes=routes,
+                    access_log=settings.env == "production" or settings.log_json,
+                ),
+                guard=BrowserGuard(
+                    allowed_hosts=settings.allowed_host_list,
+                    allowed_origins=settings.cors_origin_list,
+                ),
+                body_limit=settings.max_body_bytes,
+                path_body_limits={BATCH_PATH: settings.max_batch_bytes},
                 tracing=tracing,
+                cors=cors,  # between the browser guard and the body limit
             ),
-            Middleware(
-                BrowserGuardMiddleware,
-                allowed_hosts=settings.allowed_host_list,
-                allowed_origins=settings.cors_origin_list,
-            ),
-            *cors,
-            Middleware(
-                BodyLimitMiddleware,
-                limit=settings.max_body_bytes,
-                path_limits={BATCH_PATH: settings.max_batch_bytes},
-            ),
-            Middleware(AuthMiddleware),
         ],
         exception_handlers={
             WalletError: handle_wallet_error,

@@ -11,7 +11,8 @@ Two kinds of callers:
 
 With no key in the database and no JWT setting, the service is open (local development): every
 request acts as the anonymous principal with every scope, and only loopback Host names are served
-(BrowserGuardMiddleware), so a web page cannot reach it through DNS rebinding.
+(wallet.gateway's BrowserGuard), so a web page cannot reach it through DNS rebinding. The gateway
+asks the Authenticator who is calling, on every request but the health checks.
 
 Key changes are pushed, not waited out: creating or revoking a key calls `pg_notify('wallet_auth')`
 in the same transaction, and every server process holds a listening connection (Authenticator,
@@ -36,38 +37,29 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
 
 import asyncpg
 import jwt
 import structlog
 from sqlalchemy import exists, func, insert, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from wallet.db.engine import async_url
 from wallet.db.models import ApiKey
 from wallet.errors import (
     Forbidden,
-    InvalidHost,
-    OriginNotAllowed,
     RateLimited,
     Unauthenticated,
     ValidationError,
-    WalletError,
 )
-from wallet.http import error_response, handle_database_error, map_database_error
 from wallet.inputs import TxType
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.auth")
 
 SCOPES: Final = ("read", "transact", "admin", "metrics")  # ck_api_keys_scopes agrees
-PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz"})
 AUTH_CHANNEL: Final = "wallet_auth"
 LISTENER_NAME: Final = "wallet-auth-listener"  # application_name of the listening connections
 _KEY = re.compile(r"wk_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
@@ -508,160 +500,3 @@ class RateLimiter:
             if now - buckets[oldest][1] < self._refill_s and len(buckets) < self.max_buckets:
                 return
             del buckets[oldest]
-
-
-async def _answer_database_trouble(
-    scope: Scope, receive: Receive, send: Send, trouble: Exception
-) -> None:
-    """Middlewares run outside the app's exception handlers: answer as they would, so a
-    database restart or a full pool is a 503 with Retry-After, not a 500 (a WebSocket gets it
-    as its handshake's answer)."""
-    if scope["type"] == "http":
-        response = await handle_database_error(Request(scope, receive), trouble)
-        await response(scope, receive, send)
-        return
-    mapped = map_database_error(trouble)
-    if mapped is None:
-        raise trouble
-    log.warning("database_trouble", error=type(trouble).__name__, detail=str(trouble)[:300])
-    await error_response(mapped)(scope, receive, send)
-
-
-class AuthMiddleware:
-    """Authenticate every request but the health checks; the routes decide what is allowed.
-
-    A WebSocket without an Authorization header may authenticate in its `connection_init`
-    payload instead (browsers cannot set headers on WebSockets); GraphQL checks that.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS:
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-        resources = state["resources"]
-        header = dict(scope["headers"]).get(b"authorization")
-        try:
-            if scope["type"] == "websocket" and header is None:
-                principal = None if await resources.auth.required() else ANONYMOUS
-            else:
-                principal = await resources.auth.authenticate(
-                    header.decode("latin-1") if header else None
-                )
-                resources.rate_limiter.check(principal.name)
-        except WalletError as error:
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 4401, "reason": error.message})
-                return
-            headers = {"WWW-Authenticate": 'Bearer realm="wallet"'} if error.status == 401 else {}
-            if error.status == 429:
-                headers["Retry-After"] = str(error.details["retryAfter"])
-            await error_response(error, headers=headers)(scope, receive, send)
-            return
-        except (DBAPIError, PoolTimeout, OSError) as trouble:
-            await _answer_database_trouble(scope, receive, send, trouble)
-            return
-        state["principal"] = principal
-        await self.app(scope, receive, send)
-
-
-LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
-SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def _host_and_port(netloc: str) -> tuple[str, int | None] | None:
-    """`example.com:3000` -> ("example.com", 3000); IPv6 without brackets; None if malformed."""
-    try:
-        parts = urlsplit(f"//{netloc}")
-        port = parts.port
-    except ValueError:
-        return None
-    if not parts.hostname or parts.username is not None or parts.password is not None:
-        return None
-    return parts.hostname, port
-
-
-class BrowserGuardMiddleware:
-    """What keeps a web page the developer visits from using the service (HTTP and WebSocket).
-
-    * Host: served only to the names in `allowed_hosts` and loopback (`localhost`, `127.0.0.1`,
-      `[::1]`, any port). It applies whenever `WALLET_ALLOWED_HOSTS` is set, and always while
-      the service is open: DNS rebinding gives a page an origin whose name points at 127.0.0.1,
-      and its requests carry that name. Refused: `400 INVALID_HOST`. The health checks are
-      exempt (probes use the pod's address, and they reveal nothing).
-    * Origin: a write (any method but GET, HEAD and OPTIONS) or a WebSocket upgrade that carries
-      an `Origin` must come from the request's own host, from loopback, or from
-      `WALLET_CORS_ORIGINS`; otherwise `403 ORIGIN_NOT_ALLOWED`. This holds in every mode: a
-      cross-site form or `text/plain` POST needs no preflight, so CORS alone would not stop it.
-    """
-
-    def __init__(
-        self, app: ASGIApp, *, allowed_hosts: Sequence[str], allowed_origins: Sequence[str]
-    ) -> None:
-        self.app = app
-        names = {h.strip().lower().removeprefix("[").removesuffix("]") for h in allowed_hosts}
-        self.any_host = "*" in names
-        self.hosts = frozenset(n for n in names if not n.startswith("*")) | LOOPBACK_HOSTS
-        self.domains = tuple(n[1:] for n in names if n.startswith("*."))  # ".example.com"
-        self.hosts_configured = bool(names)
-        self.any_origin = "*" in allowed_origins
-        self.origins = frozenset(o.strip().lower().rstrip("/") for o in allowed_origins)
-
-    def host_allowed(self, host: str) -> bool:
-        return self.any_host or host in self.hosts or host.endswith(self.domains)
-
-    def origin_allowed(self, origin: str, host: tuple[str, int | None] | None) -> bool:
-        origin = origin.lower()
-        if self.any_origin or origin in self.origins:
-            return True
-        try:
-            parts = urlsplit(origin)
-        except ValueError:
-            return False
-        if parts.scheme not in ("http", "https") or parts.path or parts.query:
-            return False
-        found = _host_and_port(parts.netloc)
-        if found is None:
-            return False
-        # The page's own host (any scheme: TLS may end at a proxy), or a loopback page.
-        return found == host or found[0] in LOOPBACK_HOSTS
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        raw_host = raw_origin = None
-        for name, value in scope["headers"]:
-            if name == b"host":
-                raw_host = value
-            elif name == b"origin":
-                raw_origin = value
-        host = _host_and_port(raw_host.decode("latin-1")) if raw_host else None
-        try:
-            if (host is None or not self.host_allowed(host[0])) and (
-                scope["path"] not in PUBLIC_PATHS and await self._checks_hosts(scope)
-            ):
-                raise InvalidHost("This service does not answer to that Host name.")
-            writes = scope["type"] == "websocket" or scope["method"] not in SAFE_METHODS
-            if (
-                writes
-                and raw_origin is not None
-                and not self.origin_allowed(raw_origin.decode("latin-1"), host)
-            ):
-                raise OriginNotAllowed("Requests from that web origin are not allowed.")
-        except WalletError as error:
-            await error_response(error)(scope, receive, send)  # a WebSocket: a denial response
-            return
-        except (DBAPIError, PoolTimeout, OSError) as trouble:
-            await _answer_database_trouble(scope, receive, send, trouble)
-            return
-        await self.app(scope, receive, send)
-
-    async def _checks_hosts(self, scope: Scope) -> bool:
-        if self.hosts_configured:
-            return True
-        auth: Authenticator = scope["state"]["resources"].auth
-        return not await auth.required()  # open: loopback names only

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,14 +18,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from wallet.errors import (
     Busy,
     HeadersTooLarge,
     MethodNotAllowed,
-    PayloadTooLarge,
     RequestTimeout,
     RouteNotFound,
     Unavailable,
@@ -83,7 +80,7 @@ def error_response(error: WalletError, *, headers: Mapping[str, str] | None = No
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object, whatever the Content-Type says (BodyLimitMiddleware caps it)."""
+    """The body as a JSON object, whatever the Content-Type says (the gateway caps its size)."""
     return parse_json_object(await request.body())
 
 
@@ -151,74 +148,6 @@ async def handle_client_disconnect(request: Request, exc: Exception) -> Response
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     return internal_error(request)
-
-
-class BodyLimitMiddleware:
-    """Refuse bodies over `limit` bytes (or the path's own limit in `path_limits`, matched
-    exactly): early when Content-Length says so, and mid-stream (as PayloadTooLarge, answered by
-    the error handler) when chunks add up past it."""
-
-    def __init__(
-        self, app: ASGIApp, *, limit: int, path_limits: Mapping[str, int] | None = None
-    ) -> None:
-        self.app = app
-        self.limit = limit
-        self.path_limits = dict(path_limits or {})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.path_limits.get(scope["path"], self.limit)
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:
-            response = error_response(self._too_large(limit))
-            await response(scope, receive, send)
-            return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise self._too_large(limit)
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    @staticmethod
-    def _too_large(limit: int) -> PayloadTooLarge:
-        return PayloadTooLarge(f"The request body is larger than {limit} bytes.")
-
-
-class RequestIdMiddleware:
-    """Tag each request with an id (the caller's X-Request-ID if sane) for logs and answers."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else None
-        request_id = request_id or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    (b"x-request-id", request_id.encode("latin-1")),
-                ]
-            await send(message)
-
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            await self.app(scope, receive, send_with_id)
 
 
 @dataclass(frozen=True, slots=True)

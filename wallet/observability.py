@@ -1,4 +1,4 @@
-"""Metrics, access logs and request spans: what an operator watches, from one ASGI middleware.
+"""Metrics and access logs: what an operator watches, recorded by the gateway (wallet.gateway).
 
 Metrics are Prometheus's. `wallet serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory
 before its workers start, so every worker writes its samples to memory-mapped files there and
@@ -11,7 +11,6 @@ on first import, which must come after `wallet serve` has set the variable.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -19,15 +18,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from wallet.errors import Declined
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge, Histogram
     from sqlalchemy.ext.asyncio import AsyncEngine
-
-    from wallet.tracing import Tracing
 
 log = structlog.get_logger("wallet.access")
 
@@ -44,13 +41,13 @@ class RequestRecord:
     replayed: bool = False
 
 
-# The request being answered (None outside one). Mutated, never re-set, below the middleware:
+# The request being answered (None outside one). Mutated, never re-set, below the gateway:
 # GraphQL runs resolvers in tasks of their own, which see the same record.
 current_request: ContextVar[RequestRecord | None] = ContextVar("current_request", default=None)
 
 
 class Metrics:
-    """Every metric the service exports; one per app (the lifespan and middleware share it)."""
+    """Every metric the service exports; one per app (the lifespan and the gateway share it)."""
 
     def __init__(self) -> None:
         import prometheus_client as prom
@@ -199,79 +196,62 @@ class Metrics:
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
-def route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
-    """The template of the route that answered (or would have, for a request refused before
-    routing, such as a 401): Starlette leaves the matched route in the scope."""
-    route = scope.get("route")
-    if route is not None:
-        return str(getattr(route, "path", UNMATCHED))
-    for candidate in routes:
-        match, _ = candidate.matches(scope)
-        if match != Match.NONE:
-            return str(getattr(candidate, "path", UNMATCHED))
-    return UNMATCHED
-
-
-class ObserveMiddleware:
-    """Per HTTP request: its metrics, one access line when `access_log`, and a server span
-    when tracing is on. Pure ASGI; label children and settings are resolved once."""
+class RequestObserver:
+    """Per HTTP request: its metrics and, when `access_log`, one access line. Settings, label
+    children and the templates of paths no route answered are resolved once, not per request."""
 
     def __init__(
         self,
-        app: ASGIApp,
         *,
         metrics: Metrics,
         routes: Sequence[BaseRoute],
         access_log: bool,
-        tracing: Tracing | None = None,
+        max_unrouted: int = 1024,
     ) -> None:
-        self.app = app
         self.metrics = metrics
-        self.routes = routes
+        self.routes = tuple(routes)
         self.access_log = access_log
-        self.tracing = tracing
+        self.max_unrouted = max_unrouted  # bounded: callers pick the paths
+        self._unrouted: dict[tuple[str, str], str] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.tracing is not None:
-            with self.tracing.request_span(scope) as finish:
-                status = await self._observe(scope, receive, send)
-                finish(route_template(scope, self.routes), status)
-            return
-        await self._observe(scope, receive, send)
+    def route(self, scope: Scope) -> str:
+        """The template of the route that answered (or would have, for a request refused
+        before routing, such as a 401): Starlette leaves the matched route in the scope."""
+        route = scope.get("route")
+        if route is not None:
+            return str(getattr(route, "path", UNMATCHED))
+        key = (scope.get("root_path", ""), scope["path"])  # all an HTTP route matches on
+        template = self._unrouted.get(key)
+        if template is None:
+            template = self._match(scope)
+            if len(self._unrouted) >= self.max_unrouted:
+                self._unrouted.clear()
+            self._unrouted[key] = template
+        return template
 
-    async def _observe(self, scope: Scope, receive: Receive, send: Send) -> int:
-        started = time.perf_counter()
-        record = RequestRecord()
-        token = current_request.set(record)
-        status = 500  # unless a response starts: an exception escaping here becomes a 500
+    def _match(self, scope: Scope) -> str:
+        for candidate in self.routes:
+            match, _ = candidate.matches(scope)
+            if match != Match.NONE:
+                return str(getattr(candidate, "path", UNMATCHED))
+        return UNMATCHED
 
-        async def observed_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, observed_send)
-        finally:
-            current_request.reset(token)
-            seconds = time.perf_counter() - started
-            route = route_template(scope, self.routes)
-            self.metrics.request(scope["method"], route, status, seconds)
-            if self.access_log:
-                state = scope.get("state", {})
-                who = state.get("principal")
-                log.info(
-                    "request",
-                    request_id=state.get("request_id"),
-                    principal=(who.name or who.kind) if who is not None else None,
-                    method=scope["method"],
-                    route=route,
-                    status=status,
-                    duration_ms=round(seconds * 1000, 3),
-                    replayed=record.replayed,
-                )
-        return status
+    def observed(self, scope: Scope, *, status: int, seconds: float, record: RequestRecord) -> str:
+        """Count the request answered and write its access line; returns its route template."""
+        route = self.route(scope)
+        method = scope["method"]
+        self.metrics.request(method, route, status, seconds)
+        if self.access_log:
+            state = scope.get("state", {})
+            who = state.get("principal")
+            log.info(
+                "request",
+                request_id=state.get("request_id"),
+                principal=(who.name or who.kind) if who is not None else None,
+                method=method,
+                route=route,
+                status=status,
+                duration_ms=round(seconds * 1000, 3),
+                replayed=record.replayed,
+            )
+        return route

@@ -87,20 +87,20 @@ def resources(connection: HTTPConnection) -> Resources:
 
 
 class MissingPrincipal(RuntimeError):
-    """A route ran for a connection AuthMiddleware never saw: a wiring bug, never anonymous."""
+    """A route ran for a connection the gateway never saw: a wiring bug, never anonymous."""
 
 
 def principal(connection: HTTPConnection) -> Principal:
-    """Who AuthMiddleware found (ANONYMOUS only when it decided the service is open).
+    """Who the gateway found (ANONYMOUS only when it decided the service is open).
 
-    Fails closed: a connection that never passed the middleware, or a WebSocket that has not
+    Fails closed: a connection that never passed the gateway, or a WebSocket that has not
     authenticated yet, raises instead of acting with anyone's scopes.
     """
     found: Principal | None = connection.scope.get("state", {}).get("principal")
     if found is None:
         raise MissingPrincipal(
             f"no authenticated principal for {connection.scope.get('path')!r}:"
-            " the route is not behind AuthMiddleware, or the WebSocket has not authenticated"
+            " the route is not behind the gateway, or the WebSocket has not authenticated"
         )
     return found
 
