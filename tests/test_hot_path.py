@@ -121,3 +121,25 @@ async def test_a_connection_broken_mid_state_is_discarded_and_the_work_retried(
         assert map_database_error(asyncpg.InternalClientError("x")) is not None  # a 503
     finally:
         await pool.close()
+
+
+async def test_a_hot_connection_goes_back_to_the_pool_without_a_round_trip(
+    database_url: str,
+) -> None:
+    """Releasing a hot connection sends nothing (asyncpg's default reset is a query per request),
+    and a transaction left open on it is still rolled back before anyone else gets it."""
+    pool = await create_pool(database_url, size=1)
+    try:
+        sent: list[str] = []
+        async with pool.acquire() as conn:
+            conn.add_query_logger(lambda record: sent.append(record.query))
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+        assert sent == ["SELECT pg_backend_pid()"]
+        async with pool.acquire() as again:
+            assert await again.fetchval("SELECT pg_backend_pid()") == pid  # the same session
+            await again.execute("BEGIN")
+        async with pool.acquire() as third:
+            assert not third.is_in_transaction()
+            assert sent[-1] == "ROLLBACK"
+    finally:
+        await pool.close()

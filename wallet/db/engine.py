@@ -47,6 +47,13 @@ def create_engine(
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (RESET ALL, UNLISTEN *, CLOSE ALL, advisory
+    unlocks: a round trip per request, as long as the balance read itself). The hot pool runs
+    only the ledger's functions and its balance read, which leave no session state behind; an
+    open transaction is still rolled back by asyncpg before this is called."""
+
+
 def _server_settings(
     *, application_name: str, lock_timeout_ms: int, statement_timeout_ms: int
 ) -> dict[str, Any]:
@@ -78,6 +85,7 @@ async def create_pool(
         max_size=size,
         timeout=5,
         max_inactive_connection_lifetime=1800,
+        reset=_keep_session,
         server_settings=_server_settings(
             application_name=application_name,
             lock_timeout_ms=lock_timeout_ms,
