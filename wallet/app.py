@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -98,6 +99,9 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
         if replica is not None:
             metrics.watch_pool("replica", replica.engine)
         gauges = asyncio.create_task(_refresh_gauges(metrics, feed), name="metrics-gauges")
+        # What starting made (modules, the GraphQL schema, the app) lives as long as the process:
+        # frozen, full collections stop walking it again and again (a pause in the latency tail).
+        gc.freeze()
         try:
             yield {
                 "resources": Resources(
