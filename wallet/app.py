@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import functools
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 

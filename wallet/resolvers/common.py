@@ -6,12 +6,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallet.errors import ValidationError
 from wallet.inputs import parse_metadata
 from wallet.resolvers.context import Context
-from wallet.resources import post
+from wallet.resources import post, post_hot
 
 T = TypeVar("T")
 
@@ -24,6 +25,21 @@ async def posting(ctx: Context, work: Callable[[AsyncConnection], Awaitable[T]],
     replays it. What this request read before is forgotten: the posting changed it."""
     try:
         return await post(ctx.resources, work, kind=kind)
+    finally:
+        ctx.loaders.forget()
+
+
+async def hot_posting(
+    ctx: Context,
+    pg_work: Callable[[asyncpg.Connection], Awaitable[T]],
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    kind: str,
+) -> T:
+    """`posting` for TOPUP, BONUS and SPEND: on the hot asyncpg pool, as REST's transact
+    (`resources.post_hot`; `work` where no pool was opened)."""
+    try:
+        return await post_hot(ctx.resources, pg_work, work, kind=kind)
     finally:
         ctx.loaders.forget()
 

@@ -19,7 +19,7 @@ from wallet.inputs import (
     parse_reference,
     parse_tx_type,
 )
-from wallet.resolvers.common import metadata_filter, posting
+from wallet.resolvers.common import hot_posting, metadata_filter
 from wallet.resolvers.context import Context
 from wallet.resources import read, read_replica
 
@@ -140,8 +140,9 @@ async def transact(
     who.require_transact(
         user_id, request.type, user_can_spend=ctx.resources.settings.user_can_spend
     )
-    return await posting(
+    return await hot_posting(
         ctx,
+        lambda pg: ledger.transact_pg(pg, request, key=key, principal=who.name),
         lambda conn: ledger.transact(conn, request, key=key, principal=who.name),
         kind=request.type,
     )
