@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tests.conftest import ROOT, create_database, drop_database, start_server
 from tests.factories import Factory
-from tests.test_rest_contract import ALICE, BOB, MAX_AMOUNT, is_digits, is_uuid
+from tests.test_rest_contract import ALICE, BOB, MAX_AMOUNT, balances, is_digits, is_uuid
 from wallet import auth, ledger
 from wallet.audit import audit
 from wallet.cli import _run, migrate
@@ -646,6 +646,18 @@ async def test_a_short_sender_is_422_stored_and_replayed_and_nothing_moves(
     assert (
         error(response, TRANSFER, "post", 422, "INSUFFICIENT_FUNDS")["details"]["available"] == "0"
     )
+
+
+async def test_a_refused_transfer_opens_no_wallet_for_its_recipient(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    sender, recipient = await factory.user(gold=5), await factory.user()
+    assert await balances(client, recipient) == {}
+    response = await post(client, TRANSFER, transfer_body(sender, recipient, 6))
+    error(response, TRANSFER, "post", 422, "INSUFFICIENT_FUNDS")
+    assert await balances(client, recipient) == {}  # no empty gold_coins row
+    ok_data(await post(client, TRANSFER, transfer_body(sender, recipient, 5)), TRANSFER, "post")
+    assert await balances(client, recipient) == {"gold_coins": "5"}
 
 
 async def fill_to_the_ceiling(engine: AsyncEngine, user: uuid.UUID, asset: str) -> int:

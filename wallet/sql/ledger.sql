@@ -321,11 +321,18 @@ DECLARE
     v_from_version bigint;
     v_to_version bigint;
 BEGIN
-    PERFORM ledger_lock_accounts(p_asset.id, ARRAY[p_from, p_to], ARRAY[p_to]);
+    PERFORM ledger_lock_accounts(p_asset.id, ARRAY[p_from, p_to], '{}');
     p_now := greatest(p_now, clock_timestamp());  -- once the locks are held (see ledger_post_user)
     posted_at := p_now;
     SELECT * INTO v_from FROM accounts a WHERE a.user_id = p_from AND a.asset_id = p_asset.id;
     SELECT * INTO v_to FROM accounts a WHERE a.user_id = p_to AND a.asset_id = p_asset.id;
+    IF v_from.id IS NOT NULL AND v_from.balance - v_from.held + p_release >= p_amount
+       AND v_to.id IS NULL THEN
+        -- The recipient's wallet opens only for coins that arrive (a refusal leaves none). Its
+        -- new row is locked by nobody else, so opening it after the sender's lock is safe.
+        PERFORM ledger_lock_accounts(p_asset.id, ARRAY[p_to], ARRAY[p_to]);
+        SELECT * INTO v_to FROM accounts a WHERE a.user_id = p_to AND a.asset_id = p_asset.id;
+    END IF;
     IF v_from.id IS NULL OR v_from.balance - v_from.held + p_release < p_amount THEN
         outcome := 'INSUFFICIENT_FUNDS';
         from_balance := coalesce(v_from.balance, 0);
