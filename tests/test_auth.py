@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -46,6 +47,42 @@ T = TypeVar("T")
 def token(sub: uuid.UUID | str, *, secret: str = SECRET, expires_in: int = 600) -> str:
     claims = {"sub": str(sub), "exp": int(time.time()) + expires_in}
     return jwt.encode(claims, secret, algorithm="HS256")
+
+
+@dataclass(frozen=True)
+class KeyedServer:
+    base: str
+    headers: dict[str, dict[str, str]]  # caller -> its Authorization header ("none": no header)
+
+
+@contextmanager
+def keyed_server(
+    server_url: str, prefix: str, keys: Mapping[str, list[str]], **env: str
+) -> Iterator[KeyedServer]:
+    """A real server on a seeded database of its own, with these API keys (name -> scopes),
+    end-user tokens signed with SECRET, and callers: each key by name, "alice" (her token),
+    "none" (no credentials)."""
+    url = create_database(server_url, prefix)
+    migrate(url)
+    _run(url, seed)
+
+    async def make_keys(conn: AsyncConnection) -> dict[str, str]:
+        return {
+            name: await auth.create_key(conn, name=name, scopes=scopes)
+            for name, scopes in keys.items()
+        }
+
+    secrets = _run(url, make_keys)
+    proc, base = start_server(url, workers=1, log=None, WALLET_JWT_SECRET=SECRET, **env)
+    headers = {name: {"Authorization": f"Bearer {secret}"} for name, secret in secrets.items()}
+    headers["alice"] = {"Authorization": f"Bearer {token(ALICE)}"}
+    headers["none"] = {}
+    try:
+        yield KeyedServer(base, headers)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        drop_database(server_url, url)
 
 
 def unsigned_token(sub: uuid.UUID) -> str:

@@ -10,16 +10,14 @@ import json
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.conftest import create_database, drop_database, start_server
 from tests.factories import Factory
-from tests.test_auth import SECRET, token
+from tests.test_auth import SECRET, KeyedServer, keyed_server, token
 from tests.test_rest_contract import (
     ALICE,
     BOB,
@@ -653,52 +651,28 @@ async def test_the_batch_cap_is_for_the_batch_path_exactly(client: httpx.AsyncCl
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Secured:
-    base: str
-    headers: dict[str, dict[str, str]]
-
-
 @pytest.fixture(scope="module")
-def secured(server_url: str) -> Iterator[Secured]:
+def secured(server_url: str) -> Iterator[KeyedServer]:
     """Keys and JWTs on a database of their own; end users may SPEND and TRANSFER from their
     own wallets (and only those)."""
-    url = create_database(server_url, "wallet_batch_auth")
-    migrate(url)
-    _run(url, seed)
-
-    async def make_keys(conn: AsyncConnection) -> dict[str, str]:
-        return {
-            name: await auth.create_key(conn, name=name, scopes=scopes)
-            for name, scopes in [("reader", ["read"]), ("payments", ["transact"])]
-        }
-
-    keys = _run(url, make_keys)
-    proc, base = start_server(
-        url,
-        WALLET_JWT_SECRET=SECRET,
+    with keyed_server(
+        server_url,
+        "wallet_batch_auth",
+        {"reader": ["read"], "payments": ["transact"]},
         WALLET_USER_CAN_SPEND="true",
         WALLET_USER_CAN_TRANSFER="true",
-    )
-    headers = {name: {"Authorization": f"Bearer {secret}"} for name, secret in keys.items()}
-    headers["alice"] = {"Authorization": f"Bearer {token(ALICE)}"}
-    headers["none"] = {}
-    try:
-        yield Secured(base, headers)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        drop_database(server_url, url)
+    ) as server:
+        yield server
 
 
 @pytest.fixture
-async def secure_client(secured: Secured) -> AsyncIterator[httpx.AsyncClient]:
+async def secure_client(secured: KeyedServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=secured.base, timeout=30) as c:
         yield c
 
 
 async def test_a_batch_needs_what_each_of_its_operations_needs(
-    secured: Secured, secure_client: httpx.AsyncClient
+    secured: KeyedServer, secure_client: httpx.AsyncClient
 ) -> None:
     h = secured.headers
 

@@ -22,12 +22,12 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from tests.conftest import create_database, drop_database, start_server
 from tests.factories import Factory
-from tests.test_auth import SECRET, token
+from tests.test_auth import KeyedServer, keyed_server
 from tests.test_rest_contract import (
     ALICE,
     MAX_AMOUNT,
@@ -41,7 +41,7 @@ from tests.test_rest_contract import (
     new_key,
     with_field,
 )
-from wallet import auth, ledger
+from wallet import ledger
 from wallet.cli import _run, migrate
 from wallet.db.engine import create_engine
 from wallet.seed import seed
@@ -985,57 +985,33 @@ async def test_list_holds_of_a_user_without_holds_is_empty(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Secured:
-    base: str
-    headers: dict[str, dict[str, str]]
-
-
 @pytest.fixture(scope="module")
-def secured(server_url: str) -> Iterator[Secured]:
+def secured(server_url: str) -> Iterator[KeyedServer]:
     """Keys and JWTs on a database of their own; end users may even SPEND and TRANSFER from
     their own wallets, and still never hold."""
-    url = create_database(server_url, "wallet_holds_auth")
-    migrate(url)
-    _run(url, seed)
-
-    async def make_keys(conn: AsyncConnection) -> dict[str, str]:
-        return {
-            name: await auth.create_key(conn, name=name, scopes=scopes)
-            for name, scopes in [
-                ("reader", ["read"]),
-                ("payments", ["transact"]),
-                ("ops", ["admin"]),
-                ("all", ["read", "transact", "admin"]),
-            ]
-        }
-
-    keys = _run(url, make_keys)
-    proc, base = start_server(
-        url,
-        WALLET_JWT_SECRET=SECRET,
+    with keyed_server(
+        server_url,
+        "wallet_holds_auth",
+        {
+            "reader": ["read"],
+            "payments": ["transact"],
+            "ops": ["admin"],
+            "all": ["read", "transact", "admin"],
+        },
         WALLET_USER_CAN_SPEND="true",
         WALLET_USER_CAN_TRANSFER="true",
-    )
-    headers = {name: {"Authorization": f"Bearer {secret}"} for name, secret in keys.items()}
-    headers["alice"] = {"Authorization": f"Bearer {token(ALICE)}"}
-    headers["none"] = {}
-    try:
-        yield Secured(base, headers)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        drop_database(server_url, url)
+    ) as server:
+        yield server
 
 
 @pytest.fixture
-async def secure_client(secured: Secured) -> AsyncIterator[httpx.AsyncClient]:
+async def secure_client(secured: KeyedServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=secured.base, timeout=30) as c:
         yield c
 
 
 async def test_hold_writes_need_transact_and_never_an_end_user_token(
-    secured: Secured, secure_client: httpx.AsyncClient
+    secured: KeyedServer, secure_client: httpx.AsyncClient
 ) -> None:
     h = secured.headers
 
@@ -1063,7 +1039,7 @@ async def test_hold_writes_need_transact_and_never_an_end_user_token(
 
 
 async def test_hold_reads_need_read_and_never_an_end_user_token(
-    secured: Secured, secure_client: httpx.AsyncClient
+    secured: KeyedServer, secure_client: httpx.AsyncClient
 ) -> None:
     h = secured.headers
     hold = assert_ok(
