@@ -11,7 +11,15 @@ from typing import Any
 
 import httpx
 import websockets
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.typing import Subprotocol
+
+from tests.factories import in_process_resources
+from wallet.auth import ANONYMOUS
+from wallet.resolvers.context import build_context
+from wallet.schema.build import build_schema
+from wallet.settings import Settings
 
 PROTOCOLS = [Subprotocol("graphql-transport-ws")]
 
@@ -224,3 +232,46 @@ async def subscribe(
             )
         )
         yield Subscription(socket)
+
+
+async def count_statements(engine: AsyncEngine, query: str, variables: dict[str, Any]) -> int:
+    """Run one operation in process and count the SQL statements it sends: SQLAlchemy's own,
+    and the fixed SQL the ledger runs on the asyncpg connection underneath (seen by asyncpg's
+    query logger, which also sees BEGIN and COMMIT: those carry no arguments and do not count)."""
+    settings = Settings(database_url="postgresql://unused")
+    resources = in_process_resources(settings, engine)
+    count = 0
+
+    def tally(*_: object) -> None:
+        nonlocal count
+        count += 1
+
+    def on_driver(record: Any) -> None:
+        if record.args:
+            tally()
+
+    def on_checkout(_dbapi: object, record: Any, _proxy: object) -> None:
+        record.driver_connection.add_query_logger(on_driver)
+
+    def on_checkin(_dbapi: object, record: Any) -> None:
+        if record.driver_connection is not None:
+            record.driver_connection.remove_query_logger(on_driver)
+
+    hooks: list[tuple[Any, str, Any]] = [
+        (engine.sync_engine, "before_cursor_execute", tally),
+        (engine.sync_engine.pool, "checkout", on_checkout),
+        (engine.sync_engine.pool, "checkin", on_checkin),
+    ]
+    for target, name, fn in hooks:
+        event.listen(target, name, fn)
+    try:
+        result = await build_schema(settings).execute(
+            query,
+            variable_values=variables,
+            context_value=build_context(resources, principal=ANONYMOUS),
+        )
+    finally:
+        for target, name, fn in hooks:
+            event.remove(target, name, fn)
+    assert result.errors is None, result.errors
+    return count

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
+import orjson
 from cross_web import AsyncHTTPRequestAdapter
 from cross_web import HTTPException as StrawberryHTTPException
 from starlette.requests import Request
@@ -66,6 +68,14 @@ class WalletGraphQL(GraphQL[Context, None]):
 
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(GRAPHIQL_PAGE)
+
+    def encode_json(self, data: object) -> str:
+        """Responses and WebSocket messages (text frames: a str) by orjson, as REST's; what it
+        cannot encode (an integer past 64 bits), by the standard library, as before."""
+        try:
+            return orjson.dumps(data).decode()
+        except orjson.JSONEncodeError:
+            return json.dumps(data, separators=(",", ":"))
 
     def decode_json(self, data: str | bytes) -> object:
         """The HTTP body (and GET's JSON parameters), read by the strict reader: invalid UTF-8,

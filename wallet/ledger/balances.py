@@ -5,38 +5,35 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from wallet.db.models import Account, Asset
 from wallet.errors import UserNotFound
-from wallet.ledger.common import ASSET_COLUMNS, AssetInfo, Balance, asset_of
+from wallet.ledger.common import AssetInfo, Balance, asset_of
 from wallet.ledger.users import user_exists
+
+# Ids as text[] (see users.users_by_id).
+BALANCES_BY_USER_SQL: Final = (
+    "SELECT a.user_id, a.id, a.balance, a.version, a.held,"
+    "       s.id AS asset_id, s.slug, s.name, s.decimals"
+    "  FROM accounts a JOIN assets s ON s.id = a.asset_id"
+    " WHERE a.user_id = ANY($1::text[]::uuid[]) AND a.kind = 'USER'"
+    " ORDER BY s.slug"
+)
 
 
 async def balances_by_user(
-    conn: AsyncConnection, user_ids: Sequence[uuid.UUID]
+    pg: asyncpg.Connection, user_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[Balance]]:
     """Each user's accounts, by asset slug; users without accounts map to []."""
-    rows = await conn.execute(
-        select(
-            Account.user_id,
-            Account.id,
-            Account.balance,
-            Account.version,
-            Account.held,
-            *ASSET_COLUMNS,
-        )
-        .join(Asset, Asset.id == Account.asset_id)
-        .where(Account.user_id.in_(user_ids), Account.kind == "USER")
-        .order_by(Asset.slug)
-    )
+    rows = await pg.fetch(BALANCES_BY_USER_SQL, [str(u) for u in user_ids])
     found: dict[uuid.UUID, list[Balance]] = {user_id: [] for user_id in user_ids}
     for r in rows:
-        found[r.user_id].append(Balance(r.id, asset_of(r), r.balance, r.version, r.held))
+        asset = AssetInfo(r["asset_id"], r["slug"], r["name"], r["decimals"])
+        found[r["user_id"]].append(Balance(r["id"], asset, r["balance"], r["version"], r["held"]))
     return found
 
 

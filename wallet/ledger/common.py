@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal, NoReturn, TypeVar, cast
 
+import asyncpg
 import orjson
 from sqlalchemy import Row, TextClause
 from sqlalchemy.exc import DBAPIError
@@ -55,6 +56,14 @@ class Balance:
     @property
     def available(self) -> int:
         return self.amount - self.held
+
+
+async def driver(conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under an engine's connection (the primary's or the replica's):
+    fixed SQL runs on it directly, prepared once per connection, its rows read as asyncpg
+    returns them, without SQLAlchemy's statement building and result processing."""
+    raw = await conn.get_raw_connection()
+    return cast(asyncpg.Connection, raw.driver_connection)
 
 
 ASSET_COLUMNS: Final = (Asset.id.label("asset_id"), Asset.slug, Asset.name, Asset.decimals)

@@ -7,18 +7,22 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
-from sqlalchemy import Select, and_, cast, literal, or_, select
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.orm import aliased
 
 from wallet.db.models import Account, Asset, Entry, Transaction
 from wallet.errors import AssetNotFound, UserNotFound
-from wallet.ledger.common import ASSET_COLUMNS, AssetInfo, Direction, asset_of, encode_cursor
-from wallet.ledger.users import user_exists
+from wallet.ledger.common import (
+    ASSET_COLUMNS,
+    AssetInfo,
+    Direction,
+    asset_of,
+    driver,
+    encode_cursor,
+)
 
 TransactionType = Literal["TOPUP", "SPEND", "BONUS", "TRANSFER", "REVERSAL"]
 AccountKind = Literal["USER", "TREASURY"]
@@ -188,14 +192,19 @@ async def transaction_view(
     )
 
 
-def _metadata_matches(key: str, text_value: str) -> Any:
+def _sql_literal(value: str) -> str:
+    """`value` as an SQL string literal, whatever standard_conforming_strings says."""
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _metadata_matches(key: str, text_value: str) -> str:
     """The stored value's text equals `text_value`: as a string, or as the number, boolean or
     null that text spells. Each form is a containment test the GIN index answers.
 
-    The forms are rendered into the statement (escaped by SQLAlchemy) rather than bound: a
-    prepared statement may run on PostgreSQL's generic plan, which cannot know that a value is
-    rare and would walk the user's whole history instead of asking the index. With the value
-    in the text, each lookup is planned for its value (tests/test_rest_v2.py shows the plans)."""
+    The forms are written into the statement as literals rather than bound: a prepared
+    statement may run on PostgreSQL's generic plan, which cannot know that a value is rare and
+    would walk the user's whole history instead of asking the index. With the value in the
+    text, each lookup is planned for its value (tests/test_rest_v2.py shows the plans)."""
     forms: list[object] = [text_value]
     if text_value in ("true", "false"):
         forms.append(text_value == "true")
@@ -209,32 +218,70 @@ def _metadata_matches(key: str, text_value: str) -> Any:
         else:
             if str(number) == text_value and abs(number) <= 2**53 - 1:
                 forms.append(number)
-    return or_(
-        *(
-            Transaction.metadata_.op("@>")(
-                cast(literal(orjson.dumps({key: form}).decode(), literal_execute=True), JSONB)
-            )
-            for form in forms
-        )
+    tests = (
+        f"t.metadata @> {_sql_literal(orjson.dumps({key: form}).decode())}::jsonb" for form in forms
     )
+    return "(" + " OR ".join(tests) + ")"
 
 
-def _filtered(query: Select[Any], filters: HistoryFilter) -> Select[Any]:
-    conditions = []
-    if filters.asset_slug is not None:
-        conditions.append(Asset.slug == filters.asset_slug)
+# The page: each of the user's accounts contributes its newest matching entries (a backward
+# walk of entries(account_id, id) that stops at the page size), then the newest of those win.
+# A user's whole history is never read, however long: the cost is that of the page.
+_PAGE_SELECT: Final = (
+    "SELECT e.id, e.transaction_id, e.type, e.principal, e.reference,"
+    "       e.metadata::text AS metadata, e.reverses_id,"
+    "       s.id AS asset_id, s.slug, s.name, s.decimals,"
+    "       e.amount, e.direction, e.balance_after, e.created_at,"
+    "       (SELECT oa.user_id FROM entries oe JOIN accounts oa ON oa.id = oe.account_id"
+    "         WHERE oe.transaction_id = e.transaction_id AND oe.id <> e.id"
+    "           AND oa.kind = 'USER' LIMIT 1) AS counterparty"
+    "  FROM accounts a"
+    "  JOIN assets s ON s.id = a.asset_id"
+    " CROSS JOIN LATERAL ("
+    "       SELECT x.id, x.transaction_id, x.amount, x.direction, x.balance_after,"
+    "              x.created_at, t.type, t.principal, t.reference, t.metadata, t.reverses_id"
+    "         FROM entries x JOIN transactions t ON t.id = x.transaction_id"
+    "        WHERE x.account_id = a.id"
+)
+_PAGE_ORDER: Final = " ORDER BY x.id DESC LIMIT $2) e WHERE a.user_id = $1 AND a.kind = 'USER'"
+_PAGE_END: Final = " ORDER BY e.id DESC LIMIT $2"
+# Why a page is empty: an unknown user, an unknown asset, or nothing that matches.
+_KNOWN_SQL: Final = (
+    "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1) AS user_found,"
+    " $2::text IS NULL OR EXISTS (SELECT 1 FROM assets WHERE slug = $2) AS asset_found"
+)
+
+
+def history_statement(
+    user_id: uuid.UUID, *, limit: int, before: int | None, filters: HistoryFilter
+) -> tuple[str, list[Any]]:
+    """The page's statement and its arguments: fixed text per set of filters used (so each
+    shape is prepared once per connection), metadata values written in as literals."""
+    args: list[Any] = [user_id, limit + 1]
+    inner: list[str] = []
+    outer: list[str] = []
+
+    def bound(where: list[str], condition: str, value: Any) -> None:
+        args.append(value)
+        where.append(condition.replace("?", f"${len(args)}"))
+
+    if before is not None:
+        bound(inner, " AND x.id < ?", before)
     if filters.type is not None:
-        conditions.append(Transaction.type == filters.type)
+        bound(inner, " AND t.type = ?", filters.type)
     if filters.reference is not None:
-        conditions.append(Transaction.reference == filters.reference)
+        bound(inner, " AND t.reference = ?", filters.reference)
     if filters.metadata:  # the partial GIN index's own predicate, so the planner may use it
-        conditions.append(Transaction.metadata_ != cast(literal("{}", literal_execute=True), JSONB))
-    conditions.extend(_metadata_matches(k, v) for k, v in filters.metadata.items())
+        inner.append(" AND t.metadata <> '{}'::jsonb")
+        inner.extend(f" AND {_metadata_matches(k, v)}" for k, v in filters.metadata.items())
     if filters.since is not None:
-        conditions.append(Entry.created_at >= filters.since)
+        bound(inner, " AND x.created_at >= ?", filters.since)
     if filters.until is not None:
-        conditions.append(Entry.created_at < filters.until)
-    return query.where(and_(*conditions)) if conditions else query
+        bound(inner, " AND x.created_at < ?", filters.until)
+    if filters.asset_slug is not None:
+        bound(outer, " AND s.slug = ?", filters.asset_slug)
+    statement = _PAGE_SELECT + "".join(inner) + _PAGE_ORDER + "".join(outer) + _PAGE_END
+    return statement, args
 
 
 async def history(
@@ -249,69 +296,34 @@ async def history(
 
     A user's entries on one account are written under that account's row lock, so their ids
     increase in commit order; a page boundary never skips or repeats a row a reader could see.
+    One round trip when the page has entries (they prove the user and the asset exist); an
+    empty page asks once more why (UserNotFound, AssetNotFound, or nothing matched).
     """
     filters = filters or HistoryFilter()
-    if not await user_exists(conn, user_id):
-        raise UserNotFound(f"User {user_id} not found.")
-    if (
-        filters.asset_slug is not None
-        and await conn.scalar(select(Asset.id).where(Asset.slug == filters.asset_slug)) is None
-    ):
-        raise AssetNotFound(f"Asset {filters.asset_slug!r} not found.")
-    other_entry = aliased(Entry)
-    other_account = aliased(Account)
-    counterparty = (
-        select(other_account.user_id)
-        .join(other_entry, other_entry.account_id == other_account.id)
-        .where(
-            other_entry.transaction_id == Entry.transaction_id,
-            other_entry.id != Entry.id,
-            other_account.kind == "USER",
-        )
-        .limit(1)
-        .scalar_subquery()
-    )
-    query = (
-        select(
-            Entry.id,
-            Entry.transaction_id,
-            Transaction.type,
-            Transaction.principal,
-            Transaction.reference,
-            Transaction.metadata_.label("metadata"),
-            Transaction.reverses_id,
-            *ASSET_COLUMNS,
-            Entry.amount,
-            Entry.direction,
-            Entry.balance_after,
-            Entry.created_at,
-            counterparty.label("counterparty"),
-        )
-        .join(Account, Account.id == Entry.account_id)
-        .join(Transaction, Transaction.id == Entry.transaction_id)
-        .join(Asset, Asset.id == Entry.asset_id)
-        .where(Account.user_id == user_id, Account.kind == "USER")
-        .order_by(Entry.id.desc())
-        .limit(limit + 1)
-    )
-    if before is not None:
-        query = query.where(Entry.id < before)
-    rows = (await conn.execute(_filtered(query, filters))).all()
+    pg = await driver(conn)
+    statement, args = history_statement(user_id, limit=limit, before=before, filters=filters)
+    rows = await pg.fetch(statement, *args)
+    if not rows:
+        known = await pg.fetchrow(_KNOWN_SQL, user_id, filters.asset_slug)
+        if known is None or not known["user_found"]:
+            raise UserNotFound(f"User {user_id} not found.")
+        if not known["asset_found"]:
+            raise AssetNotFound(f"Asset {filters.asset_slug!r} not found.")
     items = [
         HistoryItem(
-            entry_id=r.id,
-            transaction_id=r.transaction_id,
-            type=r.type,
-            principal=r.principal,
-            asset=asset_of(r),
-            amount=r.amount,
-            direction=r.direction,
-            balance_after=r.balance_after,
-            created_at=r.created_at,
-            reference=r.reference,
-            metadata=r.metadata,
-            counterparty_user_id=r.counterparty,
-            reverses_transaction_id=r.reverses_id,
+            entry_id=r["id"],
+            transaction_id=r["transaction_id"],
+            type=r["type"],
+            principal=r["principal"],
+            asset=AssetInfo(r["asset_id"], r["slug"], r["name"], r["decimals"]),
+            amount=r["amount"],
+            direction=r["direction"],
+            balance_after=r["balance_after"],
+            created_at=r["created_at"],
+            reference=r["reference"],
+            metadata=orjson.loads(r["metadata"]),
+            counterparty_user_id=r["counterparty"],
+            reverses_transaction_id=r["reverses_id"],
         )
         for r in rows[:limit]
     ]

@@ -6,15 +6,17 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TypeVar
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 from strawberry.dataloader import DataLoader
 
 from wallet import ledger
 from wallet.auth import Principal
 from wallet.errors import Unauthenticated
-from wallet.resources import Resources, read
+from wallet.resources import Resources, read, read_hot
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -34,26 +36,59 @@ def _loader(
     return DataLoader(load_fn=load)
 
 
-@dataclass
+def _hot_loader(
+    resources: Resources, fetch: Callable[[asyncpg.Connection, Sequence[K]], Awaitable[dict[K, V]]]
+) -> DataLoader[K, V | None]:
+    """A DataLoader of current state read with fixed SQL on the hot asyncpg pool."""
+
+    async def on_engine(conn: AsyncConnection, keys: Sequence[K]) -> dict[K, V]:
+        return await fetch(await ledger.driver(conn), keys)
+
+    async def load(keys: list[K]) -> list[V | None]:
+        found = await read_hot(
+            resources, lambda pg: fetch(pg, keys), lambda conn: on_engine(conn, keys)
+        )
+        return [found.get(key) for key in keys]
+
+    return DataLoader(load_fn=load)
+
+
 class Loaders:
-    users: DataLoader[uuid.UUID, ledger.UserRecord | None]
-    balances: DataLoader[uuid.UUID, list[ledger.Balance] | None]
-    transactions: DataLoader[uuid.UUID, ledger.TransactionRecord | None]
-    entries: DataLoader[uuid.UUID, list[ledger.EntryRecord] | None]
-    reversals: DataLoader[uuid.UUID, list[ledger.TransactionRecord] | None]
-    holds: DataLoader[uuid.UUID, ledger.HoldView | None]
+    """The request's DataLoaders, each made when a resolver first asks for it: most operations
+    use one or two of them."""
+
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+
+    @cached_property
+    def users(self) -> DataLoader[uuid.UUID, ledger.UserRecord | None]:
+        return _hot_loader(self.resources, ledger.users_by_id)
+
+    @cached_property
+    def balances(self) -> DataLoader[uuid.UUID, list[ledger.Balance] | None]:
+        return _hot_loader(self.resources, ledger.balances_by_user)
+
+    @cached_property
+    def transactions(self) -> DataLoader[uuid.UUID, ledger.TransactionRecord | None]:
+        return _loader(self.resources, ledger.transactions_by_id)
+
+    @cached_property
+    def entries(self) -> DataLoader[uuid.UUID, list[ledger.EntryRecord] | None]:
+        return _loader(self.resources, ledger.entries_by_transaction, list)
+
+    @cached_property
+    def reversals(self) -> DataLoader[uuid.UUID, list[ledger.TransactionRecord] | None]:
+        return _loader(self.resources, ledger.reversals_by_original, list)
+
+    @cached_property
+    def holds(self) -> DataLoader[uuid.UUID, ledger.HoldView | None]:
+        return _loader(self.resources, lambda conn, ids: ledger.holds_by_id(conn, list(ids)))
 
     def forget(self) -> None:
         """Drop what this request has read: a write just changed it."""
-        for loader in (
-            self.users,
-            self.balances,
-            self.transactions,
-            self.entries,
-            self.reversals,
-            self.holds,
-        ):
-            loader.clear_all()
+        for made in vars(self).values():
+            if isinstance(made, DataLoader):
+                made.clear_all()
 
 
 Guard = Callable[[Principal], None]  # raises Forbidden when the principal may not go on
@@ -93,14 +128,7 @@ def build_context(
 ) -> Context:
     """A context for one request or socket. The principal is whatever authentication found;
     there is no default, and None (nobody authenticated) refuses every operation."""
-    loaders = Loaders(
-        users=_loader(resources, ledger.users_by_id),
-        balances=_loader(resources, ledger.balances_by_user),
-        transactions=_loader(resources, ledger.transactions_by_id),
-        entries=_loader(resources, ledger.entries_by_transaction, list),
-        reversals=_loader(resources, ledger.reversals_by_original, list),
-        holds=_loader(resources, lambda conn, ids: ledger.holds_by_id(conn, list(ids))),
-    )
+    loaders = Loaders(resources)
     if request_id is None:
         return Context(resources=resources, loaders=loaders, principal=principal)
     return Context(resources=resources, loaders=loaders, principal=principal, request_id=request_id)
