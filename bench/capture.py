@@ -75,10 +75,14 @@ class _Recorder:
             self.current.round_trips.append(statement)
 
     def on_driver_query(self, record: Any) -> None:
-        """asyncpg's query logger: BEGIN, COMMIT, ROLLBACK and pings (not prepared executions,
-        which on_execute sees)."""
+        """asyncpg's query logger: the statements run on the driver itself (the ledger's fixed
+        SQL, with their arguments), BEGIN, COMMIT, ROLLBACK and pings; not SQLAlchemy's
+        prepared executions, which on_execute sees."""
         if self.current is not None:
-            self.current.round_trips.append(str(record.query) or ";")
+            query = str(record.query) or ";"
+            self.current.round_trips.append(query)
+            if record.args:
+                self.current.statements.append(Statement(query, tuple(record.args)))
 
     def on_connect(self, dbapi_connection: Any, record: Any) -> None:
         driver = getattr(record, "driver_connection", None)

@@ -5,6 +5,10 @@ service's own SQL (its balance query and its posting function) and nothing else:
 middleware, no validation beyond what the SQL needs. `make bench` serves it beside the service
 with the same worker count and reports service / floor per scenario.
 
+Its `/graphql` is the same for GraphQL: Strawberry with a parser cache, answering the bench's
+wallet query (a wallet's balances and a 20-entry ledger page) with the service's own three
+statements, and nothing else: what any Strawberry service pays for that query.
+
     python -m bench.floor --port 3100 --workers 2   (DATABASE_URL names the database)
 """
 
@@ -14,17 +18,26 @@ import argparse
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
+import strawberry
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from strawberry.asgi import GraphQL
+from strawberry.extensions import ParserCache
+
+from wallet.ledger.balances import BALANCES_BY_USER_SQL
+from wallet.ledger.common import encode_cursor
+from wallet.ledger.history import HistoryFilter, history_statement
+from wallet.ledger.users import USERS_BY_ID_SQL
 
 # The service's balance query (wallet/ledger/balances.py) and posting call (wallet_transact).
 BALANCE_SQL = (
@@ -36,6 +49,113 @@ TRANSACT_SQL = (
     "SELECT outcome, transaction_id, balance_before, balance_after, created_at"
     " FROM wallet_transact($1, $2, $3, $4, $5, $6, $7, $8, $1, NULL, '{}')"
 )
+
+
+@strawberry.type
+class FloorAsset:
+    slug: str
+    name: str
+    decimals: int
+
+
+@strawberry.type
+class FloorBalance:
+    asset: FloorAsset
+    amount: str
+
+
+@strawberry.type
+class FloorTransaction:
+    id: uuid.UUID
+    type: str
+
+
+@strawberry.type
+class FloorEntry:
+    direction: str
+    amount: str
+    balance_after: str
+    created_at: datetime
+    transaction: FloorTransaction
+
+
+@strawberry.type
+class FloorEdge:
+    cursor: str
+    node: FloorEntry
+
+
+@strawberry.type
+class FloorPageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type
+class FloorLedger:
+    edges: list[FloorEdge]
+    page_info: FloorPageInfo
+
+
+@strawberry.type
+class FloorWallet:
+    user_id: strawberry.Private[uuid.UUID]
+    username: str
+
+    @strawberry.field
+    async def balances(self, info: strawberry.Info) -> list[FloorBalance]:
+        rows = await info.context["pool"].fetch(BALANCES_BY_USER_SQL, [str(self.user_id)])
+        return [
+            FloorBalance(
+                asset=FloorAsset(slug=r["slug"], name=r["name"], decimals=r["decimals"]),
+                amount=str(r["balance"]),
+            )
+            for r in rows
+        ]
+
+    @strawberry.field
+    async def ledger(self, info: strawberry.Info, first: int = 20) -> FloorLedger:
+        statement, args = history_statement(
+            self.user_id, limit=first, before=None, filters=HistoryFilter()
+        )
+        rows = await info.context["pool"].fetch(statement, *args)
+        edges = [
+            FloorEdge(
+                cursor=encode_cursor(r["id"]),
+                node=FloorEntry(
+                    direction=r["direction"],
+                    amount=str(r["amount"]),
+                    balance_after=str(r["balance_after"]),
+                    created_at=r["created_at"],
+                    transaction=FloorTransaction(id=r["transaction_id"], type=r["type"]),
+                ),
+            )
+            for r in rows[:first]
+        ]
+        end = edges[-1].cursor if len(rows) > first and edges else None
+        return FloorLedger(
+            edges=edges, page_info=FloorPageInfo(has_next_page=end is not None, end_cursor=end)
+        )
+
+
+@strawberry.type
+class FloorQuery:
+    @strawberry.field
+    async def wallet(self, info: strawberry.Info, user_id: uuid.UUID) -> FloorWallet | None:
+        row = await info.context["pool"].fetchrow(USERS_BY_ID_SQL, [str(user_id)])
+        return None if row is None else FloorWallet(user_id=row["id"], username=row["username"])
+
+
+class FloorGraphQL(GraphQL[dict[str, Any], None]):
+    def __init__(self, get_pool: Callable[[], asyncpg.Pool]) -> None:
+        super().__init__(strawberry.Schema(query=FloorQuery, extensions=[ParserCache]))
+        self.get_pool = get_pool
+
+    async def get_context(self, request: Any, response: Any) -> dict[str, Any]:
+        return {"pool": self.get_pool()}
+
+    def encode_json(self, data: object) -> str:
+        return orjson.dumps(data).decode()
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -105,8 +225,13 @@ def create_app(dsn: str, pool_size: int) -> Starlette:
             }
         )
 
+    def current_pool() -> asyncpg.Pool:
+        assert pool is not None
+        return pool
+
     return Starlette(
         routes=[
+            Route("/graphql", FloorGraphQL(current_pool), methods=["POST"]),
             Route("/api/wallet/balance/{userId}", balance, methods=["GET"]),
             Route("/api/wallet/transact", transact, methods=["POST"]),
             Route("/readyz", lambda request: _json({"success": True}), methods=["GET"]),

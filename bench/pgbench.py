@@ -55,12 +55,16 @@ def render(
     key_prefix: str = "capture-",
     second_user: uuid.UUID | None = None,
 ) -> str:
-    """One statement as a pgbench command: the sample user becomes `:u`, the Idempotency-Key
-    and any UUID the request did not name (the new transaction's id) are fresh per transaction,
-    everything else stays as captured."""
+    """One statement as a pgbench command: the sample user becomes `:u` (in an array too), the
+    Idempotency-Key and any UUID the request did not name (the new transaction's id) are fresh
+    per transaction, everything else stays as captured."""
 
     def substitute(match: re.Match[str]) -> str:
-        value = statement.params[int(match.group(1)) - 1]
+        return value_sql(statement.params[int(match.group(1)) - 1])
+
+    def value_sql(value: Any) -> str:
+        if isinstance(value, list | tuple):  # an array argument (`= ANY($1::uuid[])`)
+            return "ARRAY[" + ", ".join(value_sql(v) for v in value) + "]"
         if random_user is not None and value == random_user:
             return user_id_sql("u")
         if second_user is not None and value == second_user:

@@ -113,6 +113,24 @@ def targets(
         _ratio_target(
             results, "graphql-wallet / read-balance", "graphql-wallet", "read-balance", at, 0.35
         ),
+        # What GraphQL itself costs: the floor's Strawberry answers the same query with the same
+        # SQL and nothing else (bench/floor.py); the service against it, and it against the bar.
+        _ratio_target(
+            results,
+            "graphql-wallet / the floor's graphql-wallet",
+            "graphql-wallet",
+            "floor/graphql-wallet",
+            at,
+            0.7,
+        ),
+        _ratio_target(
+            results,
+            "the floor's graphql-wallet / the floor's read-balance",
+            "floor/graphql-wallet",
+            "floor/read-balance",
+            at,
+            0.35,
+        ),
         _ratio_target(
             results, "graphql-transact / REST transact", "graphql-transact", "topup-many", at, 0.8
         ),

@@ -176,7 +176,7 @@ SCENARIOS = [
 ]
 # Beside the service, at the same worker count: the floor (bench/floor.py) on these scenarios,
 # and the service with an API key configured (auth on), at the target concurrency.
-FLOOR_SCENARIOS = ("topup-many", "read-balance")
+FLOOR_SCENARIOS = ("topup-many", "read-balance", "graphql-wallet")
 AUTH_SCENARIOS = ("topup-many", "read-balance")
 
 # Run order inside one round: each scenario right after its ceiling(s), under the same noise.
@@ -197,6 +197,7 @@ ORDER: list[tuple[str, str]] = [
     ("auth", "read-balance"),
     ("ceiling", "wallet-query-sql"),
     ("service", "graphql-wallet"),
+    ("floor", "graphql-wallet"),
     ("ceiling", "transfer"),
     ("service", "transfer-many"),
     ("service", "batch-bonus-1000"),
