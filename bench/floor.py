@@ -5,7 +5,7 @@ service's own SQL (its balance query and its posting function) and nothing else:
 middleware, no validation beyond what the SQL needs. `make bench` serves it beside the service
 with the same worker count and reports service / floor per scenario.
 
-Its `/graphql` is the same for GraphQL: Strawberry with a parser cache, answering the bench's
+Its `/graphql` is the same for GraphQL: Strawberry with its parser and validation caches, answering the bench's
 wallet query (a wallet's balances and a 20-entry ledger page) with the service's own three
 statements, and nothing else: what any Strawberry service pays for that query.
 
@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from strawberry.asgi import GraphQL
-from strawberry.extensions import ParserCache
+from strawberry.extensions import ParserCache, ValidationCache
 
 from wallet.ledger.balances import BALANCES_BY_USER_SQL
 from wallet.ledger.common import encode_cursor
@@ -148,7 +148,7 @@ class FloorQuery:
 
 class FloorGraphQL(GraphQL[dict[str, Any], None]):
     def __init__(self, get_pool: Callable[[], asyncpg.Pool]) -> None:
-        super().__init__(strawberry.Schema(query=FloorQuery, extensions=[ParserCache]))
+        super().__init__(strawberry.Schema(query=FloorQuery, extensions=[ParserCache, ValidationCache]))
         self.get_pool = get_pool
 
     async def get_context(self, request: Any, response: Any) -> dict[str, Any]:
