@@ -1058,7 +1058,13 @@ async def a_story(client: httpx.AsyncClient, factory: Factory) -> Story:
     )
     done["bonus"] = await transact(client, user, 5, "BONUS", metadata={"vip": False})
     done["out"] = await transfer(client, user, other, 10, reference="r-1", metadata={"level": 4})
-    hostile = {"s": 'O\'Brien "q" \\ ;--', "p": "100% $1 :x %(y)s ?"}
+    # Filters on metadata are written into the statement as literals: these must stay text.
+    hostile = {
+        "s": 'O\'Brien "q" \\ ;--',
+        "p": "100% $1 :x %(y)s ?",
+        "e": "\\' OR true --",
+        "u": "\\u0000 \u0001\n\t é 🪙",
+    }
     done["in"] = await transfer(client, other, user, 7, metadata=hostile)
     done["refund"] = await reverse(client, done["spend"]["transactionId"], {"amount": 12})
     return Story(
@@ -1105,6 +1111,10 @@ FILTERS: list[tuple[dict[str, str], list[str]]] = [
     ({"metadata.s": 'O\'Brien "q" \\ ;--'}, ["in"]),
     ({"metadata.p": "100% $1 :x %(y)s ?"}, ["in"]),
     ({"metadata.p": "100%"}, []),
+    ({"metadata.e": "\\' OR true --"}, ["in"]),
+    ({"metadata.e": "\\"}, []),
+    ({"metadata.u": "\\u0000 \u0001\n\t é 🪙"}, ["in"]),
+    ({"metadata.e": "' OR true --"}, []),
     ({"metadata.missing": "x"}, []),
     ({"metadata.level": "3", "type": "SPEND"}, ["spend"]),
     ({"metadata.level": "3", "metadata.vip": "true"}, ["topup"]),
