@@ -5,9 +5,10 @@ service's own SQL (its balance query and its posting function) and nothing else:
 middleware, no validation beyond what the SQL needs. `make bench` serves it beside the service
 with the same worker count and reports service / floor per scenario.
 
-Its `/graphql` is the same for GraphQL: Strawberry with its parser and validation caches, answering the bench's
-wallet query (a wallet's balances and a 20-entry ledger page) with the service's own three
-statements, and nothing else: what any Strawberry service pays for that query.
+Its `/graphql` is the same for GraphQL: Strawberry with its parser and validation caches,
+answering the bench's wallet query (a wallet's balances and a 20-entry ledger page) with the
+service's own three statements, and its transact mutation with the same posting call as the
+floor's REST route, and nothing else: what any Strawberry service pays for those operations.
 
     python -m bench.floor --port 3100 --workers 2   (DATABASE_URL names the database)
 """
@@ -146,9 +147,76 @@ class FloorQuery:
         return None if row is None else FloorWallet(user_id=row["id"], username=row["username"])
 
 
+@strawberry.input
+class TransactInput:
+    user_id: uuid.UUID
+    amount: str
+    asset_slug: str
+    type: str
+    idempotency_key: str
+
+
+@strawberry.type
+class FloorPosted:
+    id: uuid.UUID
+    created_at: datetime
+
+
+@strawberry.type
+class FloorAmount:
+    amount: str
+
+
+@strawberry.type
+class TransactSuccess:
+    replayed: bool
+    transaction: FloorPosted
+    balance: FloorAmount
+
+
+@strawberry.interface
+class Error:
+    code: str
+    message: str
+
+
+@strawberry.type
+class Refused(Error):
+    pass
+
+
+@strawberry.type
+class FloorMutation:
+    @strawberry.mutation
+    async def transact(
+        self, info: strawberry.Info, input: TransactInput
+    ) -> TransactSuccess | Refused:
+        row = await info.context["pool"].fetchrow(
+            TRANSACT_SQL,
+            "floor",
+            input.idempotency_key,
+            hashlib.sha256(input.idempotency_key.encode()).digest(),
+            input.user_id,
+            input.asset_slug,
+            input.type,
+            int(input.amount),
+            uuid.uuid4(),
+        )
+        if row["outcome"] != "COMPLETED":
+            return Refused(code=row["outcome"], message="refused")
+        return TransactSuccess(
+            replayed=False,
+            transaction=FloorPosted(id=row["transaction_id"], created_at=row["created_at"]),
+            balance=FloorAmount(amount=str(row["balance_after"])),
+        )
+
+
 class FloorGraphQL(GraphQL[dict[str, Any], None]):
     def __init__(self, get_pool: Callable[[], asyncpg.Pool]) -> None:
-        super().__init__(strawberry.Schema(query=FloorQuery, extensions=[ParserCache, ValidationCache]))
+        schema = strawberry.Schema(
+            query=FloorQuery, mutation=FloorMutation, extensions=[ParserCache, ValidationCache]
+        )
+        super().__init__(schema)
         self.get_pool = get_pool
 
     async def get_context(self, request: Any, response: Any) -> dict[str, Any]:

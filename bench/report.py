@@ -135,6 +135,22 @@ def targets(
             results, "graphql-transact / REST transact", "graphql-transact", "topup-many", at, 0.8
         ),
         _ratio_target(
+            results,
+            "graphql-transact / the floor's graphql-transact",
+            "graphql-transact",
+            "floor/graphql-transact",
+            at,
+            0.8,
+        ),
+        _ratio_target(
+            results,
+            "the floor's graphql-transact / the floor's topup-many",
+            "floor/graphql-transact",
+            "floor/topup-many",
+            at,
+            0.8,
+        ),
+        _ratio_target(
             results, "auth on / open: topup-many", "auth/topup-many", "topup-many", at, 0.9
         ),
         _ratio_target(

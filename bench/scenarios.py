@@ -176,7 +176,7 @@ SCENARIOS = [
 ]
 # Beside the service, at the same worker count: the floor (bench/floor.py) on these scenarios,
 # and the service with an API key configured (auth on), at the target concurrency.
-FLOOR_SCENARIOS = ("topup-many", "read-balance", "graphql-wallet")
+FLOOR_SCENARIOS = ("topup-many", "read-balance", "graphql-wallet", "graphql-transact")
 AUTH_SCENARIOS = ("topup-many", "read-balance")
 
 # Run order inside one round: each scenario right after its ceiling(s), under the same noise.
@@ -189,6 +189,7 @@ ORDER: list[tuple[str, str]] = [
     ("floor", "topup-many"),
     ("auth", "topup-many"),
     ("service", "graphql-transact"),
+    ("floor", "graphql-transact"),
     ("ceiling", "spend-one-row"),
     ("service", "spend-hot"),
     ("ceiling", "balance-select"),
