@@ -34,9 +34,9 @@ from tests.rawhttp import exchange, request_bytes
 from wallet import auth, rest
 from wallet.auth import RateLimiter
 from wallet.cli import _run, migrate
-from wallet.db.engine import create_engine
+from wallet.db.engine import create_engine, with_connection
 from wallet.errors import RateLimited
-from wallet.resources import MissingPrincipal, principal, with_connection
+from wallet.resources import MissingPrincipal, principal
 from wallet.seed import ALICE, BOB, seed
 from wallet.settings import Settings
 

@@ -501,6 +501,8 @@ async def test_ledger_filters_combine(client: httpx.AsyncClient, factory: Factor
         {"reference": ""},
         {"type": "NOPE"},
         {"from": "yesterday"},
+        {"from": "9999-12-31T23:59:59-01:00"},
+        {"to": "0001-01-01T00:00:00+01:00"},
     ]
     for bad in bad_filters:
         refused = await gql(client, LEDGER, {"id": str(user), **bad})

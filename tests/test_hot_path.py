@@ -86,6 +86,46 @@ async def test_postings_and_reads_survive_terminated_pool_connections(
     assert "INTERNAL_ERROR" not in text
 
 
+async def test_history_and_graphql_reads_survive_terminated_engine_connections(
+    server: tuple[str, str, Path],
+) -> None:
+    """The ledger's fixed SQL runs on the asyncpg connection under the engine's (history, the
+    GraphQL wallet's loaders without a hot pool): a connection PostgreSQL ended is discarded and
+    the read retried on a fresh one, as for SQLAlchemy's own statements, never a 503."""
+    base, url, log = server
+    engine = create_engine(url, pool_size=1)
+    try:
+        user = await Factory(engine).user(gold=1_000)
+    finally:
+        await engine.dispose()
+    query = (
+        "query W($id: UUID!) { wallet(userId: $id) { username balances { amount }"
+        " ledger(first: 5) { edges { node { amount } } } } }"
+    )
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+
+        async def history() -> int:
+            response = await client.get(f"/api/wallet/transactions/{user}")
+            return response.status_code
+
+        async def wallet() -> int:
+            response = await client.post(
+                "/graphql", json={"query": query, "variables": {"id": str(user)}}
+            )
+            return 500 if "errors" in response.json() else response.status_code
+
+        statuses: Counter[int] = Counter()
+        for _ in range(5):
+            reads = [*(history() for _ in range(6)), *(wallet() for _ in range(6))]
+            statuses.update(await asyncio.gather(*reads))
+            assert await _terminate_service_backends(url) > 0
+            await asyncio.sleep(0.2)  # the FATAL messages reach the idle connections
+            reads = [*(history() for _ in range(6)), *(wallet() for _ in range(6))]
+            statuses.update(await asyncio.gather(*reads))
+    assert set(statuses) == {200}, statuses
+    assert "Traceback" not in log.read_text(errors="replace")
+
+
 async def test_a_connection_broken_mid_state_is_discarded_and_the_work_retried(
     database_url: str,
 ) -> None:

@@ -322,8 +322,8 @@ class LedgerModel(RuleBasedStateMachine):
     @invariant()
     def balances_match(self) -> None:
         async def read() -> dict[uuid.UUID, list[ledger.Balance]]:
-            async with self.db.engine.connect() as conn:
-                return await ledger.balances_by_user(await ledger.driver(conn), self.known)
+            async with self.db.engine.connect() as conn, ledger.driver(conn) as pg:
+                return await ledger.balances_by_user(pg, self.known)
 
         for user, found in self.db.run(read()).items():
             have = {(b.asset.slug, b.amount, b.version) for b in found}

@@ -1210,6 +1210,8 @@ async def test_filters_combine_with_cursors(client: httpx.AsyncClient, factory: 
         ("to=2026-11-27T12:00:00%2B25:00", "to"),
         ("to=%00", "to"),
         ("to=2026-11-27T12:00:00Z&to=2026-11-28T12:00:00Z", "to"),
+        ("from=9999-12-31T23:59:59-01:00", "from"),  # no UTC time: past year 9999
+        ("to=0001-01-01T00:00:00%2B01:00", "to"),
         ("limit=5&limit=6", "limit"),
     ],
 )
@@ -1511,6 +1513,8 @@ async def test_balance_at_an_instant(client: httpx.AsyncClient, factory: Factory
         "\x00",
         "2026-11-27T12:00:00Z\x00",
         "9" * 5000,
+        "0001-01-01T00:00:00+00:01",
+        "9999-12-31T23:59:59-00:01",
     ],
     ids=repr,
 )

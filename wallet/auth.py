@@ -41,12 +41,12 @@ from typing import Any, Final, Literal
 import asyncpg
 import jwt
 import structlog
-from sqlalchemy import exists, func, insert, select, update
+from sqlalchemy import Row, exists, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from wallet.db.engine import async_url
+from wallet.db.engine import async_url, with_connection
 from wallet.db.models import ApiKey
 from wallet.errors import (
     Forbidden,
@@ -219,6 +219,13 @@ async def keys_exist(conn: AsyncConnection) -> bool:
     return bool(await conn.scalar(select(exists().select_from(ApiKey))))
 
 
+async def _key_by_prefix(
+    conn: AsyncConnection, prefix: str
+) -> Row[str, bytes, list[str], datetime | None] | None:
+    statement = select(ApiKey.name, ApiKey.secret_hash, ApiKey.scopes, ApiKey.revoked_at)
+    return (await conn.execute(statement.where(ApiKey.prefix == prefix))).one_or_none()
+
+
 async def list_keys(conn: AsyncConnection) -> list[KeyRecord]:
     rows = await conn.execute(
         select(ApiKey.name, ApiKey.scopes, ApiKey.created_at, ApiKey.revoked_at).order_by(
@@ -362,8 +369,7 @@ class Authenticator:
         if known or self._fresh(checked):
             return known
         generation = self._generation
-        async with self.engine.connect() as conn:
-            found = await keys_exist(conn)
+        found = await with_connection(self.engine, keys_exist, begin=False, retry=True)
         if found or generation == self._generation:
             self._keys_exist = (found, time.monotonic())
         return found
@@ -390,14 +396,9 @@ class Authenticator:
         if cached and self._fresh(cached[1]):
             return cached[0]
         generation = self._generation
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(ApiKey.name, ApiKey.secret_hash, ApiKey.scopes, ApiKey.revoked_at).where(
-                        ApiKey.prefix == prefix
-                    )
-                )
-            ).one_or_none()
+        row = await with_connection(
+            self.engine, lambda conn: _key_by_prefix(conn, prefix), begin=False, retry=True
+        )
         if row is None or not hmac.compare_digest(row.secret_hash, digest):
             raise Unauthenticated("The credentials are not valid.")
         if row.revoked_at is not None:

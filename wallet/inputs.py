@@ -201,6 +201,17 @@ def parse_transaction_type(value: object, *, field: str = "type") -> Transaction
     return cast(TransactionType, value)
 
 
+def exists_in_utc(moment: datetime) -> bool:
+    """Whether the instant has a UTC time in years 1 to 9999: 0001-01-01T00:00:00+01:00 and
+    9999-12-31T23:59:59-01:00 have none, and neither Python nor the database driver can compare
+    or send them."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
+
+
 def parse_instant(value: object, *, field: str, not_future: bool = False) -> datetime:
     """An RFC 3339 timestamp with a time zone (`Z` or an offset)."""
     if not isinstance(value, str) or not _RFC3339.fullmatch(value):
@@ -211,6 +222,8 @@ def parse_instant(value: object, *, field: str, not_future: bool = False) -> dat
         moment = datetime.fromisoformat(value.replace("z", "Z").replace("t", "T"))
     except ValueError:
         raise ValidationError(f"{field} is not a valid date and time.", field=field) from None
+    if not exists_in_utc(moment):
+        raise ValidationError(f"{field} is outside the years 1 to 9999 in UTC.", field=field)
     if not_future and moment > datetime.now(UTC):
         raise ValidationError(f"{field} must not be in the future.", field=field)
     return moment

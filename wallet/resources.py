@@ -17,7 +17,7 @@ from starlette.requests import HTTPConnection
 
 from wallet import ledger
 from wallet.auth import Authenticator, Principal, RateLimiter
-from wallet.db.engine import create_engine
+from wallet.db.engine import create_engine, with_connection
 from wallet.errors import Busy, IdempotencyKeyReused
 from wallet.feed import BalanceFeed
 from wallet.http import map_database_error
@@ -103,34 +103,6 @@ def principal(connection: HTTPConnection) -> Principal:
             " the route is not behind the gateway, or the WebSocket has not authenticated"
         )
     return found
-
-
-async def with_connection(
-    engine: AsyncEngine,
-    work: Callable[[AsyncConnection], Awaitable[T]],
-    *,
-    begin: bool = True,
-    retry: bool = False,
-) -> T:
-    """Run `work` on its own pooled connection, committing at the end when `begin`.
-
-    With `retry`, a connection the database dropped (restart, terminated backend) is retried
-    once on a fresh one. Pass it only for work that is safe to run twice: reads, and postings
-    keyed by an idempotency key (a retry of one that did commit replays it). Anything else
-    (creating a user or a key, revoking one) may have committed before the answer was lost, and
-    a retry would turn that success into a conflict: it fails with 503 and the client decides.
-    """
-    for attempt in (1, 2) if retry else (2,):
-        try:
-            async with engine.connect() as conn:
-                if not begin:
-                    return await work(conn)
-                async with conn.begin():
-                    return await work(conn)
-        except DBAPIError as error:
-            if not error.connection_invalidated or attempt == 2:
-                raise
-    raise AssertionError("unreachable")
 
 
 # What a pooled asyncpg connection raises once PostgreSQL ended it (a terminated backend, a

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+T = TypeVar("T")
 
 
 def async_url(url: str) -> str:
@@ -40,7 +44,7 @@ def create_engine(
         max_overflow=0,
         pool_timeout=pool_timeout_s,
         # No pre-ping (a round trip per checkout): a connection the server dropped fails once,
-        # is invalidated with its peers, and the request is retried (resources.with_connection).
+        # is invalidated with its peers, and the request is retried (with_connection, below).
         pool_pre_ping=False,
         pool_recycle=1800,
         connect_args={"server_settings": server_settings, "timeout": 5},
@@ -92,3 +96,31 @@ async def create_pool(
             statement_timeout_ms=statement_timeout_ms,
         ),
     )
+
+
+async def with_connection(
+    engine: AsyncEngine,
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    begin: bool = True,
+    retry: bool = False,
+) -> T:
+    """Run `work` on its own pooled connection, committing at the end when `begin`.
+
+    With `retry`, a connection the database dropped (restart, terminated backend) is retried
+    once on a fresh one. Pass it only for work that is safe to run twice: reads, and postings
+    keyed by an idempotency key (a retry of one that did commit replays it). Anything else
+    (creating a user or a key, revoking one) may have committed before the answer was lost, and
+    a retry would turn that success into a conflict: it fails with 503 and the client decides.
+    """
+    for attempt in (1, 2) if retry else (2,):
+        try:
+            async with engine.connect() as conn:
+                if not begin:
+                    return await work(conn)
+                async with conn.begin():
+                    return await work(conn)
+        except DBAPIError as error:
+            if not error.connection_invalidated or attempt == 2:
+                raise
+    raise AssertionError("unreachable")

@@ -300,11 +300,11 @@ async def history(
     empty page asks once more why (UserNotFound, AssetNotFound, or nothing matched).
     """
     filters = filters or HistoryFilter()
-    pg = await driver(conn)
     statement, args = history_statement(user_id, limit=limit, before=before, filters=filters)
-    rows = await pg.fetch(statement, *args)
+    async with driver(conn) as pg:
+        rows = await pg.fetch(statement, *args)
+        known = None if rows else await pg.fetchrow(_KNOWN_SQL, user_id, filters.asset_slug)
     if not rows:
-        known = await pg.fetchrow(_KNOWN_SQL, user_id, filters.asset_slug)
         if known is None or not known["user_found"]:
             raise UserNotFound(f"User {user_id} not found.")
         if not known["asset_found"]:

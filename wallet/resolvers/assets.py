@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from wallet import ledger
+from wallet.db.engine import with_connection
 from wallet.inputs import parse_asset_name, parse_int_range, parse_new_asset_slug
 from wallet.resolvers.context import Context
-from wallet.resources import with_connection
 
 
 async def create_asset(

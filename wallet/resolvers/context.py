@@ -42,7 +42,8 @@ def _hot_loader(
     """A DataLoader of current state read with fixed SQL on the hot asyncpg pool."""
 
     async def on_engine(conn: AsyncConnection, keys: Sequence[K]) -> dict[K, V]:
-        return await fetch(await ledger.driver(conn), keys)
+        async with ledger.driver(conn) as pg:
+            return await fetch(pg, keys)
 
     async def load(keys: list[K]) -> list[V | None]:
         found = await read_hot(

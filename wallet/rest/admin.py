@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from wallet import auth, ledger
 from wallet.audit import AuditReport, audit
+from wallet.db.engine import with_connection
 from wallet.errors import (
     RouteNotFound,
     ValidationError,
@@ -19,7 +20,7 @@ from wallet.inputs import (
     parse_user_id,
     parse_username,
 )
-from wallet.resources import principal, read, resources, with_connection
+from wallet.resources import principal, read, resources
 
 
 async def post_user(request: Request) -> Response:

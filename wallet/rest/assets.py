@@ -9,9 +9,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from wallet import ledger
+from wallet.db.engine import with_connection
 from wallet.http import ok, read_json_object
 from wallet.inputs import parse_asset_name, parse_int_range, parse_new_asset_slug
-from wallet.resources import principal, read, resources, with_connection
+from wallet.resources import principal, read, resources
 
 MAX_DECIMALS = 18
 

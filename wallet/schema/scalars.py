@@ -12,7 +12,7 @@ from strawberry.types.scalar import ScalarDefinition
 
 from wallet.errors import ValidationError
 from wallet.http import iso
-from wallet.inputs import MAX_AMOUNT, parse_user_id
+from wallet.inputs import MAX_AMOUNT, exists_in_utc, parse_user_id
 
 
 def _parse_amount(value: object) -> int:
@@ -65,6 +65,8 @@ def _parse_datetime(value: object) -> datetime:
         parsed = None
     if parsed is None or parsed.tzinfo is None:
         raise ValueError("A DateTime is an ISO 8601 date and time with a UTC offset.")
+    if not exists_in_utc(parsed):
+        raise ValueError("A DateTime must fall in the years 1 to 9999 in UTC.")
     return parsed
 
 
