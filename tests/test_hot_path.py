@@ -51,15 +51,19 @@ async def _terminate_service_backends(url: str) -> int:
         await conn.close()
 
 
+async def _user_with_gold(url: str) -> uuid.UUID:
+    engine = create_engine(url, pool_size=1)
+    try:
+        return await Factory(engine).user(gold=1_000)
+    finally:
+        await engine.dispose()
+
+
 async def test_postings_and_reads_survive_terminated_pool_connections(
     server: tuple[str, str, Path],
 ) -> None:
     base, url, log = server
-    engine = create_engine(url, pool_size=1)
-    try:
-        user = await Factory(engine).user(gold=1_000)
-    finally:
-        await engine.dispose()
+    user = await _user_with_gold(url)
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
 
         async def topup() -> int:
@@ -93,11 +97,7 @@ async def test_history_and_graphql_reads_survive_terminated_engine_connections(
     GraphQL wallet's loaders without a hot pool): a connection PostgreSQL ended is discarded and
     the read retried on a fresh one, as for SQLAlchemy's own statements, never a 503."""
     base, url, log = server
-    engine = create_engine(url, pool_size=1)
-    try:
-        user = await Factory(engine).user(gold=1_000)
-    finally:
-        await engine.dispose()
+    user = await _user_with_gold(url)
     query = (
         "query W($id: UUID!) { wallet(userId: $id) { username balances { amount }"
         " ledger(first: 5) { edges { node { amount } } } } }"

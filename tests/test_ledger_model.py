@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from wallet import ledger
 from wallet.audit import audit
-from wallet.db.engine import create_engine
+from wallet.db.engine import create_engine, driver
 from wallet.errors import AssetNotFound, IdempotencyKeyReused, UserNotFound
 from wallet.inputs import MAX_AMOUNT, TxType
 
@@ -322,7 +322,7 @@ class LedgerModel(RuleBasedStateMachine):
     @invariant()
     def balances_match(self) -> None:
         async def read() -> dict[uuid.UUID, list[ledger.Balance]]:
-            async with self.db.engine.connect() as conn, ledger.driver(conn) as pg:
+            async with self.db.engine.connect() as conn, driver(conn) as pg:
                 return await ledger.balances_by_user(pg, self.known)
 
         for user, found in self.db.run(read()).items():

@@ -17,7 +17,7 @@ from starlette.requests import HTTPConnection
 
 from wallet import ledger
 from wallet.auth import Authenticator, Principal, RateLimiter
-from wallet.db.engine import create_engine, with_connection
+from wallet.db.engine import DROPPED, create_engine, with_connection
 from wallet.errors import Busy, IdempotencyKeyReused
 from wallet.feed import BalanceFeed
 from wallet.http import map_database_error
@@ -105,19 +105,9 @@ def principal(connection: HTTPConnection) -> Principal:
     return found
 
 
-# What a pooled asyncpg connection raises once PostgreSQL ended it (a terminated backend, a
-# restart): the connection is discarded and, for work that may run twice, retried once on a
-# fresh one. InternalClientError is how asyncpg reports a connection left mid-way by a FATAL
-# message that arrived while it was idle in the pool.
-_LOST: Final = (
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CannotConnectNowError,
-    OSError,
-)
+# A hot connection to discard and, for work that may run twice, retry once on a fresh one: one
+# PostgreSQL dropped, or one asyncpg found closed (InterfaceError).
+_LOST: Final = (*DROPPED, asyncpg.InterfaceError)
 
 
 async def with_pg(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final, TypeVar, cast
 
 import asyncpg
 from sqlalchemy.engine import make_url
@@ -124,3 +125,41 @@ async def with_connection(
             if not error.connection_invalidated or attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+# What asyncpg raises once PostgreSQL ended a connection (a terminated backend, a restart, a
+# standby gone): the connection is dead for good. InternalClientError is how asyncpg reports a
+# connection left mid-way by a FATAL message that arrived while it was idle in a pool.
+DROPPED: Final = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+    OSError,
+)
+
+
+@contextlib.asynccontextmanager
+async def driver(conn: AsyncConnection) -> AsyncIterator[asyncpg.Connection]:
+    """The asyncpg connection under an engine's connection (the primary's or the replica's):
+    fixed SQL runs on it directly, prepared once per connection, its rows read as asyncpg
+    returns them, without SQLAlchemy's statement building and result processing.
+
+    Its errors leave as SQLAlchemy's would, so callers handle them as before: a DBAPIError
+    around asyncpg's; and a connection PostgreSQL dropped is invalidated with its peers (they
+    most likely went with it: a restart, a failover), as SQLAlchemy does on a disconnect, and
+    the error says so (`connection_invalidated`): `with_connection` retries a read once on a
+    fresh connection, a replica read goes to the primary."""
+    raw = await conn.get_raw_connection()
+    pg = cast(asyncpg.Connection, raw.driver_connection)
+    try:
+        yield pg
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, *DROPPED) as error:
+        dropped = isinstance(error, DROPPED) or pg.is_closed()
+        if dropped:
+            # What SQLAlchemy's own disconnect handling calls: every connection of the pool
+            # opened before now is replaced at its next checkout.
+            conn.sync_engine.pool._invalidate(raw, error)
+            await conn.invalidate(error)
+        raise DBAPIError(None, None, error, connection_invalidated=dropped) from error

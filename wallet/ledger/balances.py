@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallet.errors import UserNotFound
-from wallet.ledger.common import AssetInfo, Balance, asset_of
+from wallet.ledger.common import Balance, asset_in, asset_of
 from wallet.ledger.users import user_exists
 
 # Ids as text[] (see users.users_by_id).
@@ -32,8 +32,8 @@ async def balances_by_user(
     rows = await pg.fetch(BALANCES_BY_USER_SQL, [str(u) for u in user_ids])
     found: dict[uuid.UUID, list[Balance]] = {user_id: [] for user_id in user_ids}
     for r in rows:
-        asset = AssetInfo(r["asset_id"], r["slug"], r["name"], r["decimals"])
-        found[r["user_id"]].append(Balance(r["id"], asset, r["balance"], r["version"], r["held"]))
+        balance = Balance(r["id"], asset_in(r), r["balance"], r["version"], r["held"])
+        found[r["user_id"]].append(balance)
     return found
 
 
@@ -68,7 +68,7 @@ def _balances(rows: Sequence[Any], user_id: uuid.UUID) -> list[Balance]:
     return [
         Balance(
             r["id"],
-            AssetInfo(r["asset_id"], r["slug"], r["name"], r["decimals"]),
+            asset_in(r),
             r["balance"],
             r["version"],
             r["held"],

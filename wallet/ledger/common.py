@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal, NoReturn, TypeVar, cast
 
-import asyncpg
 import orjson
 from sqlalchemy import Row, TextClause
 from sqlalchemy.exc import DBAPIError
@@ -59,49 +57,18 @@ class Balance:
         return self.amount - self.held
 
 
-# What asyncpg raises once PostgreSQL dropped the connection (a terminated backend, a restart,
-# a standby gone): the connection is dead for good.
-_DROPPED: Final = (
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InternalClientError,
-    OSError,
-)
-
-
-@contextlib.asynccontextmanager
-async def driver(conn: AsyncConnection) -> AsyncIterator[asyncpg.Connection]:
-    """The asyncpg connection under an engine's connection (the primary's or the replica's):
-    fixed SQL runs on it directly, prepared once per connection, its rows read as asyncpg
-    returns them, without SQLAlchemy's statement building and result processing.
-
-    Its errors leave as SQLAlchemy's would, so callers handle them as before: a DBAPIError
-    around asyncpg's; and a connection PostgreSQL dropped is invalidated with its peers (they
-    most likely went with it: a restart, a failover), as SQLAlchemy does on a disconnect, and
-    the error says so (`connection_invalidated`): `with_connection` retries a read once on a
-    fresh connection, a replica read goes to the primary."""
-    raw = await conn.get_raw_connection()
-    pg = cast(asyncpg.Connection, raw.driver_connection)
-    try:
-        yield pg
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, *_DROPPED) as error:
-        dropped = isinstance(error, _DROPPED) or pg.is_closed()
-        if dropped:
-            # What SQLAlchemy's own disconnect handling calls: every connection of the pool
-            # opened before now is replaced at its next checkout.
-            conn.sync_engine.pool._invalidate(raw, error)
-            await conn.invalidate(error)
-        raise DBAPIError(None, None, error, connection_invalidated=dropped) from error
-
-
 ASSET_COLUMNS: Final = (Asset.id.label("asset_id"), Asset.slug, Asset.name, Asset.decimals)
 
 
 def asset_of(row: Row[Any, *tuple[Any, ...]]) -> AssetInfo:
     """An AssetInfo from a row selected with ASSET_COLUMNS (or the same labels)."""
     return AssetInfo(row.asset_id, row.slug, row.name, row.decimals)
+
+
+def asset_in(record: Any) -> AssetInfo:
+    """An AssetInfo from a record read by key (asyncpg's, or a row's mapping) that has the
+    columns asset_id, slug, name and decimals."""
+    return AssetInfo(record["asset_id"], record["slug"], record["name"], record["decimals"])
 
 
 def fingerprint(

@@ -13,14 +13,15 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from wallet.db.engine import driver
 from wallet.db.models import Account, Asset, Entry, Transaction
 from wallet.errors import AssetNotFound, UserNotFound
 from wallet.ledger.common import (
     ASSET_COLUMNS,
     AssetInfo,
     Direction,
+    asset_in,
     asset_of,
-    driver,
     encode_cursor,
 )
 
@@ -315,7 +316,7 @@ async def history(
             transaction_id=r["transaction_id"],
             type=r["type"],
             principal=r["principal"],
-            asset=AssetInfo(r["asset_id"], r["slug"], r["name"], r["decimals"]),
+            asset=asset_in(r),
             amount=r["amount"],
             direction=r["direction"],
             balance_after=r["balance_after"],

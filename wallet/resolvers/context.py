@@ -15,6 +15,7 @@ from strawberry.dataloader import DataLoader
 
 from wallet import ledger
 from wallet.auth import Principal
+from wallet.db.engine import driver
 from wallet.errors import Unauthenticated
 from wallet.resources import Resources, read, read_hot
 
@@ -42,7 +43,7 @@ def _hot_loader(
     """A DataLoader of current state read with fixed SQL on the hot asyncpg pool."""
 
     async def on_engine(conn: AsyncConnection, keys: Sequence[K]) -> dict[K, V]:
-        async with ledger.driver(conn) as pg:
+        async with driver(conn) as pg:
             return await fetch(pg, keys)
 
     async def load(keys: list[K]) -> list[V | None]:
