@@ -25,6 +25,7 @@ from strawberry.types.graphql import OperationType
 
 from wallet.errors import WalletError
 from wallet.http import map_database_error
+from wallet.schema.execution import PlannedExecutor
 from wallet.schema.limits import TOO_COMPLEX, Limits, limits_rule
 from wallet.schema.root import Mutation, Query, Subscription
 from wallet.schema.scalars import SCALARS
@@ -181,6 +182,7 @@ def build_schema(settings: Settings) -> WalletSchema:
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
+        execution_context_class=PlannedExecutor,
         config=StrawberryConfig(scalar_map=SCALARS),
     )
     schema.hide_suggestions = production
