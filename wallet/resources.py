@@ -191,6 +191,18 @@ async def read_replica(res: Resources, work: Callable[[AsyncConnection], Awaitab
     return await read(res, work)
 
 
+async def read_replica_hot(
+    res: Resources,
+    pg_work: Callable[[asyncpg.Connection], Awaitable[T]],
+    work: Callable[[AsyncConnection], Awaitable[T]],
+) -> T:
+    """`read_replica` for a read of fixed SQL: with no replica configured it runs on the hot
+    asyncpg pool (`read_hot`), else as `read_replica` does, on the replica or the primary."""
+    if res.replica is None and res.pool is not None:
+        return await read_hot(res, pg_work, work)
+    return await read_replica(res, work)
+
+
 def open_replica(settings: Settings, primary: AsyncEngine) -> Replica | None:
     """The replica's pool (lazy: nothing connects until a read asks), or None without one."""
     if settings.database_read_url is None:

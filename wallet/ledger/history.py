@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
 
+import asyncpg
 import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -293,6 +294,19 @@ async def history(
     before: int | None = None,
     filters: HistoryFilter | None = None,
 ) -> HistoryPage:
+    """`history_on` the asyncpg connection under an engine's connection (primary or replica)."""
+    async with driver(conn) as pg:
+        return await history_on(pg, user_id, limit=limit, before=before, filters=filters)
+
+
+async def history_on(
+    pg: asyncpg.Connection,
+    user_id: uuid.UUID,
+    *,
+    limit: int,
+    before: int | None = None,
+    filters: HistoryFilter | None = None,
+) -> HistoryPage:
     """The user's entries, newest first, keyset-paginated on the entry id.
 
     A user's entries on one account are written under that account's row lock, so their ids
@@ -302,10 +316,9 @@ async def history(
     """
     filters = filters or HistoryFilter()
     statement, args = history_statement(user_id, limit=limit, before=before, filters=filters)
-    async with driver(conn) as pg:
-        rows = await pg.fetch(statement, *args)
-        known = None if rows else await pg.fetchrow(_KNOWN_SQL, user_id, filters.asset_slug)
+    rows = await pg.fetch(statement, *args)
     if not rows:
+        known = await pg.fetchrow(_KNOWN_SQL, user_id, filters.asset_slug)
         if known is None or not known["user_found"]:
             raise UserNotFound(f"User {user_id} not found.")
         if not known["asset_found"]:

@@ -21,7 +21,7 @@ from wallet.inputs import (
 )
 from wallet.resolvers.common import hot_posting, metadata_filter
 from wallet.resolvers.context import Context
-from wallet.resources import read, read_replica
+from wallet.resources import read, read_replica, read_replica_hot
 
 MAX_PAGE = 100
 PAGE = 500  # missed balance changes read at a time
@@ -108,8 +108,9 @@ async def ledger_page(
         since=since,
         until=until,
     )
-    return await read_replica(  # may come from the replica, never missing our writes
+    return await read_replica_hot(  # may come from the replica, never missing our writes
         ctx.resources,
+        lambda pg: ledger.history_on(pg, user_id, limit=first, before=before, filters=filters),
         lambda conn: ledger.history(conn, user_id, limit=first, before=before, filters=filters),
     )
 
