@@ -1236,6 +1236,7 @@ async def test_a_filtered_history_still_refuses_unknown_users_and_assets(
 
 ENTRIES_PER_USER = 200_000
 OTHER_ENTRIES = 5_000
+SMALL_ACCOUNTS = 50_000  # one TOPUP each: most accounts of a real ledger are short
 
 _FILL_TRANSACTIONS = text(
     "INSERT INTO transactions (id, type, asset_id, user_id, amount, principal, reference,"
@@ -1262,6 +1263,36 @@ _FILL_ENTRIES = text(
 )
 
 
+_SMALL_USERS = text(
+    "INSERT INTO users (id, username)"
+    " SELECT md5('small' || i)::uuid, 'small-' || i FROM generate_series(1, :n) i"
+)
+_SMALL_ACCOUNTS = text(
+    "INSERT INTO accounts (asset_id, kind, user_id, balance, version)"
+    " SELECT :asset, 'USER', md5('small' || i)::uuid, 1, 1 FROM generate_series(1, :n) i"
+)
+_SMALL_TRANSACTIONS = text(
+    "INSERT INTO transactions (id, type, asset_id, user_id, amount, principal, created_at)"
+    " SELECT md5('small-topup' || i)::uuid, 'TOPUP', :asset, md5('small' || i)::uuid, 1, 'bulk',"
+    "        CAST(:t0 AS timestamptz) + i * interval '1 millisecond'"
+    "   FROM generate_series(1, :n) i"
+)
+# Each small user's entry (balance 1, version 1) and the shard's, running on from where it stood.
+_SMALL_ENTRIES = text(
+    "INSERT INTO entries (transaction_id, account_id, asset_id, direction, amount,"
+    "                     balance_after, account_version, created_at)"
+    " SELECT md5('small-topup' || i)::uuid, x.account_id, :asset, x.direction, 1,"
+    "        x.balance,"
+    "        x.version, CAST(:t0 AS timestamptz) + i * interval '1 millisecond'"
+    "   FROM generate_series(1, :n) i"
+    "   JOIN accounts a ON a.user_id = md5('small' || i)::uuid AND a.asset_id = :asset,"
+    "        LATERAL (VALUES (a.id, 'CREDIT', CAST(1 AS bigint), CAST(1 AS bigint)),"
+    "                        (:shard, 'DEBIT', :shard_balance - i, :shard_version + i))"
+    "          AS x (account_id, direction, balance, version)"
+    "  ORDER BY i, x.direction"
+)
+
+
 @dataclass(frozen=True)
 class BigLedger:
     url: str
@@ -1270,14 +1301,8 @@ class BigLedger:
     seconds_to_fill: float
 
 
-async def _fill_user(
-    conn: AsyncConnection, user: uuid.UUID, *, username: str, count: int, t0: datetime
-) -> None:
-    """`count` TOPUPs of 1 for a new user, set-based, as postings would have written them."""
-    await ledger.create_user(conn, user_id=user, username=username)
+async def _shard_zero(conn: AsyncConnection) -> tuple[int, Any]:
     asset = await conn.scalar(text("SELECT id FROM assets WHERE slug = 'gold_coins'"))
-    new_account = "INSERT INTO accounts (asset_id, kind, user_id) VALUES (:asset, 'USER', :u)"
-    account = await conn.scalar(text(new_account + " RETURNING id"), {"asset": asset, "u": user})
     shard = (
         await conn.execute(
             text(
@@ -1287,6 +1312,36 @@ async def _fill_user(
             {"asset": asset},
         )
     ).one()
+    return asset, shard
+
+
+async def _fill_small_accounts(conn: AsyncConnection, *, count: int, t0: datetime) -> None:
+    """`count` new users with one TOPUP of 1 each, set-based, as postings would have written."""
+    asset, shard = await _shard_zero(conn)
+    params = {
+        "asset": asset,
+        "n": count,
+        "t0": t0,
+        "shard": shard.id,
+        "shard_balance": shard.balance,
+        "shard_version": shard.version,
+    }
+    for statement in (_SMALL_USERS, _SMALL_ACCOUNTS, _SMALL_TRANSACTIONS, _SMALL_ENTRIES):
+        await conn.execute(statement, params)
+    await conn.execute(
+        text("UPDATE accounts SET balance = balance - :n, version = version + :n WHERE id = :id"),
+        {"n": count, "id": shard.id},
+    )
+
+
+async def _fill_user(
+    conn: AsyncConnection, user: uuid.UUID, *, username: str, count: int, t0: datetime
+) -> None:
+    """`count` TOPUPs of 1 for a new user, set-based, as postings would have written them."""
+    await ledger.create_user(conn, user_id=user, username=username)
+    asset, shard = await _shard_zero(conn)
+    new_account = "INSERT INTO accounts (asset_id, kind, user_id) VALUES (:asset, 'USER', :u)"
+    account = await conn.scalar(text(new_account + " RETURNING id"), {"asset": asset, "u": user})
     params = {
         "u": str(user),
         "asset": asset,
@@ -1311,9 +1366,9 @@ async def _fill_user(
 
 @pytest.fixture(scope="module")
 def big_ledger(server_url: str) -> Iterator[BigLedger]:
-    """A database of its own where one user has 200,000 TOPUPs (400,000 entries) and another,
-    older, 5,000, written set-based as the schema owner with every trigger on, then analysed
-    and audited."""
+    """A database of its own where one user has 200,000 TOPUPs (400,000 entries), another,
+    older, 5,000, and 50,000 older users one each, written set-based as the schema owner with
+    every trigger on, then analysed and audited."""
     url = create_database(server_url, "wallet_plans")
     migrate(url)
     _run(url, seed)
@@ -1326,6 +1381,7 @@ def big_ledger(server_url: str) -> Iterator[BigLedger]:
             async with engine.begin() as conn:
                 await conn.execute(text("SET LOCAL statement_timeout = 0"))
                 t0 = datetime.now(UTC) - timedelta(days=1)
+                await _fill_small_accounts(conn, count=SMALL_ACCOUNTS, t0=t0 - timedelta(hours=1))
                 await _fill_user(conn, other, username="some", count=OTHER_ENTRIES, t0=t0)
                 later = t0 + timedelta(milliseconds=OTHER_ENTRIES + 1)
                 await _fill_user(conn, user, username="many", count=ENTRIES_PER_USER, t0=later)
