@@ -146,11 +146,11 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
         if settings.cors_origin_list
         else None  # no frontend origin configured: no cross-origin access, no per-request cost
     )
-    routes = [
+    routes = [  # matched in order: the two APIs' busiest paths first, none overlaps another
+        *graphql_routes(settings),
         *rest.routes,
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-        *graphql_routes(settings),
     ]
     return Starlette(
         routes=routes,

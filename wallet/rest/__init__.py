@@ -4,9 +4,9 @@ from starlette.routing import Route
 
 from wallet.rest import admin, assets, batches, health, holds, transactions, transfers, wallet
 
-routes: list[Route] = [
-    *health.routes,
+routes: list[Route] = [  # matched in order: the busiest first (no two paths overlap)
     *wallet.routes,
+    *health.routes,
     *transfers.routes,
     *holds.routes,
     *batches.routes,
