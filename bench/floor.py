@@ -7,7 +7,7 @@ with the same worker count and reports service / floor per scenario.
 
 Its `/graphql` is the same for GraphQL: Strawberry with its parser and validation caches,
 answering the bench's wallet query (a wallet's balances and a 20-entry ledger page) with the
-service's own three statements, and its transact mutation with the same posting call as the
+service's own two statements, and its transact mutation with the same posting call as the
 floor's REST route, and nothing else: what any Strawberry service pays for those operations.
 
     python -m bench.floor --port 3100 --workers 2   (DATABASE_URL names the database)
@@ -35,10 +35,9 @@ from starlette.routing import Route
 from strawberry.asgi import GraphQL
 from strawberry.extensions import ParserCache, ValidationCache
 
-from wallet.ledger.balances import BALANCES_BY_USER_SQL
+from wallet.ledger.balances import WALLETS_BY_ID_SQL
 from wallet.ledger.common import encode_cursor
 from wallet.ledger.history import HistoryFilter, history_statement
-from wallet.ledger.users import USERS_BY_ID_SQL
 
 # The service's balance query (wallet/ledger/balances.py) and posting call (wallet_transact).
 BALANCE_SQL = (
@@ -102,17 +101,7 @@ class FloorLedger:
 class FloorWallet:
     user_id: strawberry.Private[uuid.UUID]
     username: str
-
-    @strawberry.field
-    async def balances(self, info: strawberry.Info) -> list[FloorBalance]:
-        rows = await info.context["pool"].fetch(BALANCES_BY_USER_SQL, [str(self.user_id)])
-        return [
-            FloorBalance(
-                asset=FloorAsset(slug=r["slug"], name=r["name"], decimals=r["decimals"]),
-                amount=str(r["balance"]),
-            )
-            for r in rows
-        ]
+    balances: list[FloorBalance]  # read with the user, in the service's one statement
 
     @strawberry.field
     async def ledger(self, info: strawberry.Info, first: int = 20) -> FloorLedger:
@@ -143,8 +132,18 @@ class FloorWallet:
 class FloorQuery:
     @strawberry.field
     async def wallet(self, info: strawberry.Info, user_id: uuid.UUID) -> FloorWallet | None:
-        row = await info.context["pool"].fetchrow(USERS_BY_ID_SQL, [str(user_id)])
-        return None if row is None else FloorWallet(user_id=row["id"], username=row["username"])
+        rows = await info.context["pool"].fetch(WALLETS_BY_ID_SQL, [str(user_id)])
+        if not rows:
+            return None
+        balances = [
+            FloorBalance(
+                asset=FloorAsset(slug=r["slug"], name=r["name"], decimals=r["decimals"]),
+                amount=str(r["balance"]),
+            )
+            for r in rows
+            if r["id"] is not None
+        ]
+        return FloorWallet(user_id=user_id, username=rows[0]["username"], balances=balances)
 
 
 @strawberry.input

@@ -39,11 +39,13 @@ The functions here take a connection and never commit: the caller owns the trans
 
 from wallet.ledger.assets import assets, assets_by_id, assets_by_slug, create_asset, ensure_asset
 from wallet.ledger.balances import (
+    WalletRecord,
     balance_changes_after,
     balances,
     balances_at,
     balances_by_user,
     balances_pg,
+    wallets_by_id,
 )
 from wallet.ledger.batches import (
     MAX_OPERATIONS,
@@ -106,7 +108,7 @@ from wallet.ledger.postings import (
 )
 from wallet.ledger.reversals import ReversalDone, ReverseRequest, reverse
 from wallet.ledger.transfers import TransferDone, TransferRequest, transfer
-from wallet.ledger.users import UserRecord, create_user, user_exists, users_by_id
+from wallet.ledger.users import UserRecord, create_user, user_exists
 
 __all__ = [
     "DEFAULT_EXPIRY_S",
@@ -141,6 +143,7 @@ __all__ = [
     "TransferDone",
     "TransferRequest",
     "UserRecord",
+    "WalletRecord",
     "assets",
     "assets_by_id",
     "assets_by_slug",
@@ -176,6 +179,6 @@ __all__ = [
     "transactions_by_id",
     "transfer",
     "user_exists",
-    "users_by_id",
     "void_hold",
+    "wallets_by_id",
 ]

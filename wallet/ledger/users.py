@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
 
-import asyncpg
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -27,22 +24,6 @@ class UserRecord:
 async def user_exists(conn: AsyncConnection, user_id: uuid.UUID) -> bool:
     found = await conn.scalar(select(User.id).where(User.id == user_id))
     return found is not None
-
-
-# Ids travel as text[], which asyncpg encodes natively: a uuid[] argument costs every new
-# connection three round trips of type introspection.
-USERS_BY_ID_SQL: Final = (
-    "SELECT id, username, created_at FROM users WHERE id = ANY($1::text[]::uuid[])"
-)
-
-
-async def users_by_id(
-    pg: asyncpg.Connection, user_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, UserRecord]:
-    rows = await pg.fetch(USERS_BY_ID_SQL, [str(u) for u in user_ids])
-    return {
-        r["id"]: UserRecord(r["id"], r["username"], r["created_at"], created=False) for r in rows
-    }
 
 
 async def create_user(

@@ -38,9 +38,12 @@ def _loader(
 
 
 def _hot_loader(
-    resources: Resources, fetch: Callable[[asyncpg.Connection, Sequence[K]], Awaitable[dict[K, V]]]
+    resources: Resources,
+    fetch: Callable[[asyncpg.Connection, Sequence[K]], Awaitable[dict[K, V]]],
+    then: Callable[[dict[K, V]], None] = lambda _: None,
 ) -> DataLoader[K, V | None]:
-    """A DataLoader of current state read with fixed SQL on the hot asyncpg pool."""
+    """A DataLoader of current state read with fixed SQL on the hot asyncpg pool; `then` sees
+    each batch's findings (to prime another loader with what came along)."""
 
     async def on_engine(conn: AsyncConnection, keys: Sequence[K]) -> dict[K, V]:
         async with driver(conn) as pg:
@@ -50,6 +53,7 @@ def _hot_loader(
         found = await read_hot(
             resources, lambda pg: fetch(pg, keys), lambda conn: on_engine(conn, keys)
         )
+        then(found)
         return [found.get(key) for key in keys]
 
     return DataLoader(load_fn=load)
@@ -63,8 +67,13 @@ class Loaders:
         self.resources = resources
 
     @cached_property
-    def users(self) -> DataLoader[uuid.UUID, ledger.UserRecord | None]:
-        return _hot_loader(self.resources, ledger.users_by_id)
+    def wallets(self) -> DataLoader[uuid.UUID, ledger.WalletRecord | None]:
+        """A wallet's owner and balances in one statement; the balances loader keeps them."""
+
+        def keep_balances(found: dict[uuid.UUID, ledger.WalletRecord]) -> None:
+            self.balances.prime_many({user_id: w.balances for user_id, w in found.items()})
+
+        return _hot_loader(self.resources, ledger.wallets_by_id, keep_balances)
 
     @cached_property
     def balances(self) -> DataLoader[uuid.UUID, list[ledger.Balance] | None]:

@@ -38,4 +38,5 @@ async def readable_user(ctx: Context, user_id: uuid.UUID) -> ledger.UserRecord |
     """The user, if the caller may read that wallet (otherwise None, as for nobody)."""
     if not ctx.who().may_read_wallet(user_id):
         return None
-    return await ctx.loaders.users.load(user_id)
+    found = await ctx.loaders.wallets.load(user_id)
+    return None if found is None else found.user

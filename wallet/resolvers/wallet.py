@@ -29,7 +29,8 @@ PAGE = 500  # missed balance changes read at a time
 
 async def user(ctx: Context, user_id: uuid.UUID) -> ledger.UserRecord | None:
     ctx.who().require_wallet_reader(user_id)
-    return await ctx.loaders.users.load(user_id)
+    found = await ctx.loaders.wallets.load(user_id)
+    return None if found is None else found.user
 
 
 async def balances(
