@@ -245,8 +245,10 @@ _PAGE_SELECT: Final = (
     "         FROM entries x JOIN transactions t ON t.id = x.transaction_id"
     "        WHERE x.account_id = a.id"
 )
-_PAGE_ORDER: Final = " ORDER BY x.id DESC LIMIT $2) e WHERE a.user_id = $1 AND a.kind = 'USER'"
-_PAGE_END: Final = " ORDER BY e.id DESC LIMIT $2"
+_PAGE_ORDER: Final = " ORDER BY x.id DESC LIMIT {rows}) e WHERE a.user_id = $1 AND a.kind = 'USER'"
+_PAGE_END: Final = " ORDER BY e.id DESC LIMIT {rows}"
+# Pages hold 1 to 100 entries; one more row is read to tell whether another page follows.
+MAX_PAGE_ROWS: Final = 101
 # Why a page is empty: an unknown user, an unknown asset, or nothing that matches.
 _KNOWN_SQL: Final = (
     "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1) AS user_found,"
@@ -257,9 +259,16 @@ _KNOWN_SQL: Final = (
 def history_statement(
     user_id: uuid.UUID, *, limit: int, before: int | None, filters: HistoryFilter
 ) -> tuple[str, list[Any]]:
-    """The page's statement and its arguments: fixed text per set of filters used (so each
-    shape is prepared once per connection), metadata values written in as literals."""
-    args: list[Any] = [user_id, limit + 1]
+    """The page's statement and its arguments: fixed text per set of filters used and page size
+    (so each shape is prepared once per connection), metadata values written in as literals.
+
+    The page size is written in, not bound: with `LIMIT $n`, PostgreSQL's generic plan cannot
+    tell how far each account's walk goes, judges it dearer than a plan made for the values, and
+    so plans the statement again at every run (about 0.3 ms of PostgreSQL's CPU a page)."""
+    rows = limit + 1
+    if not 2 <= rows <= MAX_PAGE_ROWS:
+        raise ValueError(f"a page holds 1 to {MAX_PAGE_ROWS - 1} entries, not {limit}")
+    args: list[Any] = [user_id]
     inner: list[str] = []
     outer: list[str] = []
 
@@ -282,7 +291,8 @@ def history_statement(
         bound(inner, " AND x.created_at < ?", filters.until)
     if filters.asset_slug is not None:
         bound(outer, " AND s.slug = ?", filters.asset_slug)
-    statement = _PAGE_SELECT + "".join(inner) + _PAGE_ORDER + "".join(outer) + _PAGE_END
+    order, end = _PAGE_ORDER.format(rows=rows), _PAGE_END.format(rows=rows)
+    statement = _PAGE_SELECT + "".join(inner) + order + "".join(outer) + end
     return statement, args
 
 
