@@ -74,7 +74,11 @@ local function transact(user_id, kind)
 end
 
 local function transfer()
-  local from, to = user(users), user(users)
+  -- two different users: a transfer to its own sender is refused (400), not a transfer
+  local a = math.random(users)
+  local b = (a + math.random(users - 1) - 1) % users + 1
+  local from = string.format("00000000-0000-4000-8000-%012x", a)
+  local to = string.format("00000000-0000-4000-8000-%012x", b)
   local body = string.format(
     '{"fromUserId":"%s","toUserId":"%s","amount":1,"assetSlug":"gold_coins"}', from, to)
   return wrk.format("POST", "/api/wallet/transfer", keyed(), body)
