@@ -7,19 +7,26 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import create_database, drop_database, start_server
-from tests.factories import Factory
+from tests.factories import Factory, in_process_resources
+from wallet.auth import ANONYMOUS
 from wallet.cli import _run, migrate
 from wallet.db.engine import create_engine, create_pool
+from wallet.errors import Busy
 from wallet.http import map_database_error
+from wallet.resolvers import wallet as resolve
+from wallet.resolvers.context import build_context
 from wallet.resources import with_pg
 from wallet.seed import seed
+from wallet.settings import Settings
 
 
 @pytest.fixture
@@ -181,5 +188,34 @@ async def test_a_hot_connection_goes_back_to_the_pool_without_a_round_trip(
         async with pool.acquire() as third:
             assert not third.is_in_transaction()
             assert sent[-1] == "ROLLBACK"
+    finally:
+        await pool.close()
+
+
+async def test_a_filtered_history_page_never_waits_for_the_postings_pool(
+    engine: AsyncEngine, database_url: str, factory: Factory
+) -> None:
+    """An unfiltered page costs its own rows and runs on the hot pool; a filtered one may walk a
+    long history, so it runs on the engine's pool and never holds a connection postings need.
+    With the hot pool's only connection taken, the first waits (BUSY), the second answers."""
+    user = await factory.user(gold=100)
+    settings = Settings(database_url=database_url, pool_timeout_s=0.5)
+    pool = await create_pool(database_url, size=1)
+    res = replace(in_process_resources(settings, engine), pool=pool)
+    context = build_context(res, principal=ANONYMOUS)
+    try:
+        async with pool.acquire():  # what a posting in progress holds
+            page = await resolve.ledger_page(
+                context, user, first=5, after=None, asset_slug=None, tx_type="TOPUP"
+            )
+            assert [item.type for item in page.items] == ["TOPUP"]
+            with pytest.raises(Busy):
+                await resolve.ledger_page(
+                    context, user, first=5, after=None, asset_slug=None, tx_type=None
+                )
+        page = await resolve.ledger_page(
+            context, user, first=5, after=None, asset_slug="gold_coins", tx_type=None
+        )
+        assert [item.type for item in page.items] == ["TOPUP"]
     finally:
         await pool.close()

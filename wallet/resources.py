@@ -195,10 +195,14 @@ async def read_replica_hot(
     res: Resources,
     pg_work: Callable[[asyncpg.Connection], Awaitable[T]],
     work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    bounded: bool,
 ) -> T:
-    """`read_replica` for a read of fixed SQL: with no replica configured it runs on the hot
-    asyncpg pool (`read_hot`), else as `read_replica` does, on the replica or the primary."""
-    if res.replica is None and res.pool is not None:
+    """`read_replica` for a read of fixed SQL: with no replica configured, a `bounded` read (one
+    whose cost does not grow with the data, such as an unfiltered ledger page) runs on the hot
+    asyncpg pool (`read_hot`); anything else runs as `read_replica` does, off the pool that
+    TOPUP, BONUS and SPEND need, so that slow reads never queue postings."""
+    if bounded and res.replica is None and res.pool is not None:
         return await read_hot(res, pg_work, work)
     return await read_replica(res, work)
 

@@ -99,6 +99,19 @@ class HistoryFilter:
     since: datetime | None = None  # createdAt >= since
     until: datetime | None = None  # createdAt < until
 
+    @property
+    def bounded(self) -> bool:
+        """A page costs its own rows whatever the history's length: nothing filters the entries
+        an account's walk meets (a type, reference, metadata or time filter may walk a long
+        history to fill a page; an asset filter only picks the accounts)."""
+        return (
+            self.type is None
+            and self.reference is None
+            and not self.metadata
+            and self.since is None
+            and self.until is None
+        )
+
 
 _RECORD_COLUMNS = (
     Transaction.id,

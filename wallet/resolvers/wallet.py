@@ -113,6 +113,7 @@ async def ledger_page(
         ctx.resources,
         lambda pg: ledger.history_on(pg, user_id, limit=first, before=before, filters=filters),
         lambda conn: ledger.history(conn, user_id, limit=first, before=before, filters=filters),
+        bounded=filters.bounded,
     )
 
 

@@ -150,6 +150,7 @@ async def get_transactions(request: Request) -> Response:
         resources(request),
         lambda pg: ledger.history_on(pg, user_id, limit=limit, before=before, filters=filters),
         lambda conn: ledger.history(conn, user_id, limit=limit, before=before, filters=filters),
+        bounded=filters.bounded,
     )
     data = [
         {
