@@ -172,15 +172,27 @@ async def read(res: Resources, work: Callable[[AsyncConnection], Awaitable[T]]) 
         return await with_connection(res.autocommit, work, begin=False, retry=True)
 
 
-async def read_replica(res: Resources, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+async def read_replica(
+    res: Resources,
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    on_pool: Callable[[asyncpg.Connection], Awaitable[T]] | None = None,
+) -> T:
     """A read that may run on the read replica (DATABASE_READ_URL): history, a transaction,
     balances at an instant, ledger pages. Never current balances, nor anything a write answers.
 
     It runs there only once the replica has replayed every write acknowledged before this call
     (by any instance: see wallet/replica.py), so no caller sees its own write disappear; else,
     and when the replica is down or unset, on the primary as `read` does. Never a 5xx for it.
+
+    `on_pool` is the same read as fixed SQL on asyncpg, given only for a read whose cost does
+    not grow with the data (an unfiltered ledger page): with no replica configured it runs on
+    the hot pool (`read_hot`). A read that may be slow never runs there, where TOPUP, BONUS and
+    SPEND wait for connections.
     """
     if res.replica is None:
+        if on_pool is not None:
+            return await read_hot(res, on_pool, work)
         return await read(res, work)
     with _observed(res, "ledger.read_replica"):
         routed = await res.replica.run(work)
@@ -189,22 +201,6 @@ async def read_replica(res: Resources, work: Callable[[AsyncConnection], Awaitab
         return routed.value
     res.metrics.replica_reads.labels("primary", routed.reason).inc()
     return await read(res, work)
-
-
-async def read_replica_hot(
-    res: Resources,
-    pg_work: Callable[[asyncpg.Connection], Awaitable[T]],
-    work: Callable[[AsyncConnection], Awaitable[T]],
-    *,
-    bounded: bool,
-) -> T:
-    """`read_replica` for a read of fixed SQL: with no replica configured, a `bounded` read (one
-    whose cost does not grow with the data, such as an unfiltered ledger page) runs on the hot
-    asyncpg pool (`read_hot`); anything else runs as `read_replica` does, off the pool that
-    TOPUP, BONUS and SPEND need, so that slow reads never queue postings."""
-    if bounded and res.replica is None and res.pool is not None:
-        return await read_hot(res, pg_work, work)
-    return await read_replica(res, work)
 
 
 def open_replica(settings: Settings, primary: AsyncEngine) -> Replica | None:

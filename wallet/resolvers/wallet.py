@@ -21,7 +21,7 @@ from wallet.inputs import (
 )
 from wallet.resolvers.common import hot_posting, metadata_filter
 from wallet.resolvers.context import Context
-from wallet.resources import read, read_replica, read_replica_hot
+from wallet.resources import read, read_replica
 
 MAX_PAGE = 100
 PAGE = 500  # missed balance changes read at a time
@@ -109,11 +109,14 @@ async def ledger_page(
         since=since,
         until=until,
     )
-    return await read_replica_hot(  # may come from the replica, never missing our writes
+    return await read_replica(  # may come from the replica, never missing our writes
         ctx.resources,
-        lambda pg: ledger.history_on(pg, user_id, limit=first, before=before, filters=filters),
         lambda conn: ledger.history(conn, user_id, limit=first, before=before, filters=filters),
-        bounded=filters.bounded,
+        on_pool=(
+            (lambda pg: ledger.history_on(pg, user_id, limit=first, before=before, filters=filters))
+            if filters.bounded
+            else None
+        ),
     )
 
 

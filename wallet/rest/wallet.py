@@ -24,14 +24,7 @@ from wallet.inputs import (
     parse_tx_type,
     parse_user_id,
 )
-from wallet.resources import (
-    post_hot,
-    principal,
-    read_hot,
-    read_replica,
-    read_replica_hot,
-    resources,
-)
+from wallet.resources import post_hot, principal, read_hot, read_replica, resources
 from wallet.rest.common import idempotency_key, optional_id, query_param, replayed_header
 
 
@@ -146,11 +139,14 @@ async def get_transactions(request: Request) -> Response:
     cursor = query_param(request, "cursor")
     before = ledger.decode_cursor(cursor) if cursor else None
     filters = history_filter(request)
-    page = await read_replica_hot(  # a page may come from the replica, never missing our writes
+    page = await read_replica(  # a page may come from the replica, never missing our writes
         resources(request),
-        lambda pg: ledger.history_on(pg, user_id, limit=limit, before=before, filters=filters),
         lambda conn: ledger.history(conn, user_id, limit=limit, before=before, filters=filters),
-        bounded=filters.bounded,
+        on_pool=(
+            (lambda pg: ledger.history_on(pg, user_id, limit=limit, before=before, filters=filters))
+            if filters.bounded
+            else None
+        ),
     )
     data = [
         {
