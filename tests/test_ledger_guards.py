@@ -222,3 +222,95 @@ async def test_treasury_may_go_negative(engine: AsyncEngine) -> None:
         )
     assert total is not None
     assert total < 0
+
+
+async def test_an_entry_without_its_transaction_is_rejected(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    """The entries trigger stands in for a foreign key to transactions (migration 0007)."""
+    user = await factory.user(gold=1)
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            user_acc, treasury, asset = await _accounts(conn, user)
+            await _insert_entries(
+                conn, uuid.uuid4(), asset, [(treasury, "DEBIT", 5), (user_acc, "CREDIT", 5)]
+            )
+    assert sqlstate(caught.value) == "W0100"
+    assert await factory.balance(user) == 1
+
+
+async def test_a_transaction_in_an_asset_that_does_not_exist_is_rejected(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    """Its entries must be in its asset, and entries reference accounts (id, asset_id)."""
+    user = await factory.user(gold=1)
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            user_acc, treasury, asset = await _accounts(conn, user)
+            missing = await conn.scalar(text("SELECT max(id) + 1 FROM assets"))
+            txn = await _insert_transaction(conn, user, missing, 5)
+            await _insert_entries(
+                conn, txn, asset, [(treasury, "DEBIT", 5), (user_acc, "CREDIT", 5)]
+            )
+    assert sqlstate(caught.value) == "W0100"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO transactions (id, type, asset_id, user_id, amount)"
+        " VALUES (gen_random_uuid(), 'GIFT', :asset, :u, 1)",
+        "INSERT INTO transactions (id, type, asset_id, user_id, amount)"
+        " VALUES (gen_random_uuid(), 'TOPUP', :asset, :u, 0)",
+        "INSERT INTO transactions (id, type, asset_id, user_id, amount)"
+        " VALUES (gen_random_uuid(), 'TOPUP', :asset, :u, 9007199254740992)",
+        "INSERT INTO transactions (id, type, asset_id, user_id, amount, metadata)"
+        " VALUES (gen_random_uuid(), 'TOPUP', :asset, :u, 1, '[1]')",
+        "INSERT INTO transactions (id, type, asset_id, user_id, amount, reference)"
+        " VALUES (gen_random_uuid(), 'TOPUP', :asset, :u, 1, E'line\\nbreak')",
+        "INSERT INTO transactions (id, type, asset_id, user_id, amount, reason)"
+        " VALUES (gen_random_uuid(), 'TOPUP', :asset, :u, 1, repeat('x', 257))",
+        "INSERT INTO entries (transaction_id, account_id, asset_id, direction, amount,"
+        " balance_after, account_version) VALUES (gen_random_uuid(), :acc, :asset, 'UP', 1, 0, 9)",
+        "INSERT INTO entries (transaction_id, account_id, asset_id, direction, amount,"
+        " balance_after, account_version)"
+        " VALUES (gen_random_uuid(), :acc, :asset, 'DEBIT', 0, 0, 9)",
+        "INSERT INTO idempotency_keys (scope, key, fingerprint) VALUES ('', '', '\\x00')",
+        "INSERT INTO idempotency_keys (scope, key, fingerprint)"
+        " VALUES ('', repeat('k', 256), '\\x00')",
+        "UPDATE idempotency_keys SET outcome = 'MAYBE' WHERE scope = ''",
+        "UPDATE accounts SET shard = 1 WHERE user_id = :u",
+        "UPDATE accounts SET held = 1 WHERE kind = 'TREASURY' AND asset_id = :asset",
+        "INSERT INTO accounts (asset_id, kind, user_id) VALUES (:asset, 'TREASURY', :u)",
+        "INSERT INTO accounts (asset_id, kind, shard) VALUES (:asset, 'USER', 999)",
+        "INSERT INTO accounts (asset_id, kind, shard) VALUES (:asset, 'BANK', 999)",
+    ],
+    ids=[
+        "transaction type",
+        "amount 0",
+        "amount past 2^53 - 1",
+        "metadata not an object",
+        "reference with a line break",
+        "reason too long",
+        "entry direction",
+        "entry amount 0",
+        "empty key",
+        "key too long",
+        "outcome",
+        "user wallet off shard 0",
+        "treasury holding",
+        "treasury with an owner",
+        "user wallet without one",
+        "account kind",
+    ],
+)
+async def test_each_row_check_still_holds(
+    engine: AsyncEngine, factory: Factory, statement: str
+) -> None:
+    """The checks migration 0007 moved into domains (or merged) refuse what they refused."""
+    user = await factory.user(gold=1)
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            user_acc, _, asset = await _accounts(conn, user)
+            await conn.execute(text(statement), {"u": user, "asset": asset, "acc": user_acc})
+    assert sqlstate(caught.value) == "23514"  # check_violation (a domain's, or the table's)

@@ -1,4 +1,8 @@
-"""Table definitions. The DDL lives in the migrations; these mirror it for typed queries."""
+"""Table definitions. The DDL lives in the migrations; these mirror it for typed queries.
+
+A column whose checks live on a domain (migration 0007) is modelled with the domain's base type,
+so that SQLAlchemy keeps that type's operators.
+"""
 
 from __future__ import annotations
 
@@ -77,7 +81,8 @@ class Transaction(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     type: Mapped[str] = mapped_column(Text)
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id"))
+    # No foreign key: the balance triggers keep every entry in this asset (migration 0007).
+    asset_id: Mapped[int] = mapped_column()
     user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), ForeignKey("users.id"))
     amount: Mapped[int] = mapped_column(BigInteger)
     principal: Mapped[str] = mapped_column(Text, server_default="")
@@ -133,9 +138,8 @@ class Entry(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    transaction_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("transactions.id")
-    )
+    # No foreign key: the entries trigger rejects an entry without its transaction (0007).
+    transaction_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     account_id: Mapped[int] = mapped_column(BigInteger)
     asset_id: Mapped[int] = mapped_column()
     direction: Mapped[str] = mapped_column(Text)

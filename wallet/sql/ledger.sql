@@ -40,9 +40,10 @@ BEGIN
 END $$;
 --;
 CREATE OR REPLACE FUNCTION ledger_check_entries_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
--- After each INSERT statement on entries: every transaction it touched is still balanced, so
--- entries cannot be added later to a committed transaction. Postings insert all the entries of
--- a transaction in one statement.
+-- After each INSERT statement on entries: every transaction it touched exists and is still
+-- balanced, so entries cannot be added later to a committed transaction, nor point at none (this
+-- check stands in for a foreign key to transactions, whose rows are append-only). Postings
+-- insert all the entries of a transaction in one statement.
 BEGIN
     IF EXISTS (
         SELECT 1
@@ -53,9 +54,10 @@ BEGIN
                           coalesce(sum(e.amount) FILTER (WHERE e.direction = 'CREDIT'), 0) AS credits
                      FROM transactions t JOIN entries e ON e.transaction_id = t.id
                     WHERE t.id = touched.transaction_id) s
-         WHERE s.debits <> s.amount OR s.credits <> s.amount OR s.mixed
+         WHERE s.amount IS NULL OR s.debits <> s.amount OR s.credits <> s.amount OR s.mixed
     ) THEN
-        RAISE EXCEPTION 'an INSERT on entries left a transaction unbalanced' USING ERRCODE = 'W0100';
+        RAISE EXCEPTION 'an INSERT on entries left a transaction unbalanced or without its row'
+            USING ERRCODE = 'W0100';
     END IF;
     RETURN NULL;
 END $$;
@@ -212,6 +214,7 @@ DECLARE
     v_balance bigint;
     v_held bigint;
     v_version bigint;
+    v_moved record;
     v_treasury record;
 BEGIN
     SELECT a.id, a.balance, a.held INTO v_account, v_balance, v_held
@@ -243,10 +246,14 @@ BEGIN
         RETURN;
     END IF;
 
-    SELECT m.balance, m.held, m.version INTO v_balance, v_held, v_version
-      FROM ledger_move_user(v_account, CASE WHEN p_credit THEN p_amount ELSE -p_amount END,
-                            -p_release) m;
-    SELECT * INTO v_treasury FROM ledger_treasury_move(
+    -- Helpers are called as expressions, not as `SELECT ... FROM f()`: PL/pgSQL evaluates a
+    -- simple expression without starting an executor for it.
+    v_moved := ledger_move_user(v_account, CASE WHEN p_credit THEN p_amount ELSE -p_amount END,
+                                -p_release);
+    v_balance := v_moved.balance;
+    v_held := v_moved.held;
+    v_version := v_moved.version;
+    v_treasury := ledger_treasury_move(
         p_asset.id, p_asset.treasury_shards, CASE WHEN p_credit THEN -p_amount ELSE p_amount END);
 
     INSERT INTO transactions (id, type, asset_id, user_id, amount, principal, reference, metadata,
@@ -284,7 +291,7 @@ BEGIN
     v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
     IF v_stored.scope IS NOT NULL THEN
         RETURN QUERY
-            SELECT v_stored.outcome, true, v_stored.fingerprint = p_fingerprint,
+            SELECT v_stored.outcome::text, true, v_stored.fingerprint = p_fingerprint,
                    v_stored.transaction_id, v_stored.balance_before, v_stored.balance_after,
                    coalesce(t.created_at, v_stored.created_at)
               FROM (SELECT 1) one LEFT JOIN transactions t ON t.id = v_stored.transaction_id;
@@ -292,7 +299,7 @@ BEGIN
     END IF;
     v_asset := ledger_asset(p_asset);
     v_now := clock_timestamp();  -- the posting takes its own instant once it holds its lock
-    SELECT * INTO v_post FROM ledger_post_user(
+    v_post := ledger_post_user(  -- as an expression: see ledger_post_user
         v_asset, p_user, p_type, p_type <> 'SPEND', p_amount, p_txn, p_principal, p_reference,
         p_metadata, v_now);
     UPDATE idempotency_keys k
@@ -300,9 +307,14 @@ BEGIN
            transaction_id = CASE WHEN v_post.outcome = 'COMPLETED' THEN p_txn END,
            balance_before = v_post.balance_before, balance_after = v_post.balance_after
      WHERE k.scope = p_scope AND k.key = p_key;
-    RETURN QUERY SELECT v_post.outcome, false, true,
-        CASE WHEN v_post.outcome = 'COMPLETED' THEN p_txn END,
-        v_post.balance_before, v_post.balance_after, v_post.posted_at;
+    outcome := v_post.outcome;  -- the row, without a query for it
+    replayed := false;
+    fingerprint_matches := true;
+    transaction_id := CASE WHEN v_post.outcome = 'COMPLETED' THEN p_txn END;
+    balance_before := v_post.balance_before;
+    balance_after := v_post.balance_after;
+    created_at := v_post.posted_at;
+    RETURN NEXT;
 END $$;
 --;
 CREATE OR REPLACE FUNCTION ledger_post_transfer(
@@ -318,8 +330,7 @@ CREATE OR REPLACE FUNCTION ledger_post_transfer(
 DECLARE
     v_from accounts;
     v_to accounts;
-    v_from_version bigint;
-    v_to_version bigint;
+    v_moved record;
 BEGIN
     PERFORM ledger_lock_accounts(p_asset.id, ARRAY[p_from, p_to], '{}');
     p_now := greatest(p_now, clock_timestamp());  -- once the locks are held (see ledger_post_user)
@@ -347,18 +358,21 @@ BEGIN
         available := v_from.balance - v_from.held;
         RETURN;
     END IF;
-    SELECT m.balance, m.version, m.balance - m.held INTO from_balance, v_from_version, available
-      FROM ledger_move_user(v_from.id, -p_amount, -p_release) m;
-    SELECT m.balance, m.version INTO to_balance, v_to_version
-      FROM ledger_move_user(v_to.id, p_amount) m;
+    v_moved := ledger_move_user(v_from.id, -p_amount, -p_release);  -- see ledger_post_user
+    from_balance := v_moved.balance;
+    available := v_moved.balance - v_moved.held;
+    v_from.version := v_moved.version;
+    v_moved := ledger_move_user(v_to.id, p_amount);
+    to_balance := v_moved.balance;
+    v_to.version := v_moved.version;
     INSERT INTO transactions (id, type, asset_id, user_id, amount, principal, reference, metadata,
                               reverses_id, reason, hold_id, created_at)
     VALUES (p_txn, p_type, p_asset.id, p_from, p_amount, p_principal, p_reference, p_metadata,
             p_reverses, p_reason, p_hold, p_now);
     INSERT INTO entries (transaction_id, account_id, asset_id, direction, amount, balance_after,
                          account_version, created_at)
-    VALUES (p_txn, v_from.id, p_asset.id, 'DEBIT', p_amount, from_balance, v_from_version, p_now),
-           (p_txn, v_to.id, p_asset.id, 'CREDIT', p_amount, to_balance, v_to_version, p_now);
+    VALUES (p_txn, v_from.id, p_asset.id, 'DEBIT', p_amount, from_balance, v_from.version, p_now),
+           (p_txn, v_to.id, p_asset.id, 'CREDIT', p_amount, to_balance, v_to.version, p_now);
     PERFORM ledger_notify(v_from.id);
     PERFORM ledger_notify(v_to.id);
     outcome := 'COMPLETED';
@@ -417,7 +431,7 @@ DECLARE
 BEGIN
     v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
     IF v_stored.scope IS NOT NULL THEN
-        RETURN QUERY SELECT v_stored.outcome, true, v_stored.fingerprint = p_fingerprint,
+        RETURN QUERY SELECT v_stored.outcome::text, true, v_stored.fingerprint = p_fingerprint,
                             v_stored.result;
         RETURN;
     END IF;
@@ -451,7 +465,7 @@ DECLARE
 BEGIN
     v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
     IF v_stored.scope IS NOT NULL THEN
-        RETURN QUERY SELECT v_stored.outcome, true, v_stored.fingerprint = p_fingerprint,
+        RETURN QUERY SELECT v_stored.outcome::text, true, v_stored.fingerprint = p_fingerprint,
                             v_stored.result;
         RETURN;
     END IF;
@@ -566,7 +580,7 @@ DECLARE
 BEGIN
     v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
     IF v_stored.scope IS NOT NULL THEN
-        RETURN QUERY SELECT v_stored.outcome, true, v_stored.fingerprint = p_fingerprint,
+        RETURN QUERY SELECT v_stored.outcome::text, true, v_stored.fingerprint = p_fingerprint,
                             v_stored.result;
         RETURN;
     END IF;
@@ -627,7 +641,7 @@ DECLARE
 BEGIN
     v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
     IF v_stored.scope IS NOT NULL THEN
-        RETURN QUERY SELECT v_stored.outcome, true, v_stored.fingerprint = p_fingerprint,
+        RETURN QUERY SELECT v_stored.outcome::text, true, v_stored.fingerprint = p_fingerprint,
                             v_stored.result;
         RETURN;
     END IF;
@@ -696,7 +710,7 @@ DECLARE
 BEGIN
     v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
     IF v_stored.scope IS NOT NULL THEN
-        RETURN QUERY SELECT v_stored.outcome, true, v_stored.fingerprint = p_fingerprint,
+        RETURN QUERY SELECT v_stored.outcome::text, true, v_stored.fingerprint = p_fingerprint,
                             v_stored.result;
         RETURN;
     END IF;
@@ -917,7 +931,7 @@ DECLARE
 BEGIN
     v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
     IF v_stored.scope IS NOT NULL THEN
-        RETURN QUERY SELECT v_stored.outcome, true, v_stored.fingerprint = p_fingerprint,
+        RETURN QUERY SELECT v_stored.outcome::text, true, v_stored.fingerprint = p_fingerprint,
                             v_stored.result;
         RETURN;
     END IF;
