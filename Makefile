@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
-.PHONY: install browser run test lint format lock schema bench bench-soak chaos chaos-ci backup-drill clean
+.PHONY: install browser run test lint format lock schema bench bench-soak bench-instructions chaos chaos-ci backup-drill clean
 
 # The embedded PostgreSQL (`wallet[embedded]`) and the tracing extra come with the dev lock.
 $(BIN)/wallet: requirements.lock pyproject.toml
@@ -66,6 +66,9 @@ bench: $(BIN)/wallet  ## the service against PostgreSQL's own ceiling, same run 
 
 bench-soak: $(BIN)/wallet  ## worker RSS over a 5-minute mixed load (bench/README.md)
 	$(BIN)/python -m bench soak
+
+bench-instructions: $(BIN)/wallet  ## PostgreSQL's instructions per TOPUP (callgrind): head vs 0006
+	$(BIN)/python -m bench.instructions
 
 # The fault suite (chaos/README.md): load plus faults on a private PostgreSQL, judged by the ledger.
 chaos: $(BIN)/wallet  ## 60 s of load per scenario; writes chaos/results/latest.md
