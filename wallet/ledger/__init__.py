@@ -18,10 +18,12 @@ Design note
   a CHECK keeps `balance >= held`, so `available = balance - held` never goes below zero in
   PostgreSQL itself. `balance` stays the whole balance; a capture posts a SPEND or a TRANSFER
   of the captured amount and releases the hold.
-* No hot account. The Treasury is N rows ("shards"); a posting updates one at random, as its
-  last write, without locking it up front; a shard without room for the amount (bigint) is
-  skipped. Its balance is the sum of its shards, exact at any snapshot. A batch pins one shard
-  per asset, locked after its wallets in asset order, so batches take shard locks in one order.
+* No hot account. The Treasury is N rows ("shards"); a posting updates one, as its last write,
+  without locking it up front: from a random shard on, the first that no other posting holds
+  (`FOR UPDATE SKIP LOCKED`) and that has room for the amount (bigint). It waits for a shard
+  only when every one is held or full. Its balance is the sum of its shards, exact at any
+  snapshot. A batch pins one shard per asset, locked after its wallets in asset order, so
+  batches take shard locks in one order.
 * Pessimistic locking, one order. Every user account a posting touches is locked `FOR UPDATE`
   in ascending id order before any balance check (holds before accounts), so concurrent
   transfers in both directions, and concurrent batches, never deadlock.

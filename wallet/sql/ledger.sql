@@ -143,12 +143,16 @@ CREATE OR REPLACE FUNCTION ledger_treasury_move(
     OUT account_id bigint, OUT balance bigint, OUT version bigint
 ) LANGUAGE plpgsql AS $$
 -- Move `p_delta` on one shard of the asset's Treasury: the one a batch pinned (see wallet_batch),
--- else a random one; if that one has no room left for it (bigint), the one with the most room.
--- Called as the last write of a posting.
+-- else the first shard from a random one on that no other posting holds and that has room for it
+-- (bigint); if every shard is held or full, the one with the most room, waiting for it.
+-- Called as the last write of a posting. A posting waits for a Treasury shard only when all of
+-- them are held: otherwise each one it holds stays locked through its commit's WAL flush, and
+-- postings that drew it would queue behind that flush.
 DECLARE
     v_pinned bigint := (nullif(current_setting('wallet.treasury_pins', true), '')::jsonb
                         ->> p_asset_id::text)::bigint;
     v_shard integer := floor(random() * p_shards)::integer;
+    v_free bigint;
 BEGIN
     IF v_pinned IS NOT NULL THEN
         UPDATE accounts a SET balance = a.balance + p_delta, version = a.version + 1
@@ -156,15 +160,25 @@ BEGIN
            AND CASE WHEN p_delta < 0 THEN a.balance >= -9223372036854775808 - p_delta
                     ELSE a.balance <= 9223372036854775807 - p_delta END
         RETURNING a.id, a.balance, a.version INTO account_id, balance, version;
+        IF FOUND THEN
+            RETURN;
+        END IF;
     ELSE
-        UPDATE accounts a SET balance = a.balance + p_delta, version = a.version + 1
-         WHERE a.kind = 'TREASURY' AND a.asset_id = p_asset_id AND a.shard = v_shard
-           AND CASE WHEN p_delta < 0 THEN a.balance >= -9223372036854775808 - p_delta
-                    ELSE a.balance <= 9223372036854775807 - p_delta END
-        RETURNING a.id, a.balance, a.version INTO account_id, balance, version;
-    END IF;
-    IF FOUND THEN
-        RETURN;
+        FOR v_round IN 0..1 LOOP  -- from the drawn shard on, then from the first
+            SELECT t.id INTO v_free FROM accounts t
+             WHERE t.kind = 'TREASURY' AND t.asset_id = p_asset_id AND t.shard >= v_shard
+               AND CASE WHEN p_delta < 0 THEN t.balance >= -9223372036854775808 - p_delta
+                        ELSE t.balance <= 9223372036854775807 - p_delta END
+             ORDER BY t.shard LIMIT 1 FOR UPDATE SKIP LOCKED;
+            EXIT WHEN v_free IS NOT NULL OR v_shard = 0;
+            v_shard := 0;
+        END LOOP;
+        IF v_free IS NOT NULL THEN
+            UPDATE accounts a SET balance = a.balance + p_delta, version = a.version + 1
+             WHERE a.id = v_free
+            RETURNING a.id, a.balance, a.version INTO account_id, balance, version;
+            RETURN;
+        END IF;
     END IF;
     FOR attempt IN 1..3 LOOP
         UPDATE accounts a SET balance = a.balance + p_delta, version = a.version + 1

@@ -1,5 +1,5 @@
-"""The same guards on postings at less cost: column checks as domains, and two foreign keys that
-the balance triggers already imply.
+"""The same guards on postings at less cost (column checks as domains, and two foreign keys that
+the balance triggers already imply), and postings that never queue for a Treasury shard.
 
 Revision ID: 0007
 Revises: 0006
@@ -22,6 +22,11 @@ UPDATE that sets it). So:
 * `transactions.asset_id -> assets`: both balance triggers require every entry to be in the
   transaction's asset, and entries reference accounts (id, asset_id), which reference assets.
   This key also share-locked the asset's row at every posting, one row for all of them.
+
+A posting now takes, from a random Treasury shard on, the first one no other posting holds
+(`FOR UPDATE SKIP LOCKED`, `ledger_treasury_move`), instead of waiting for the one it drew:
+each shard stays locked through its holder's commit, WAL flush included. Sampled at 32 pgbench
+clients, a third of the backends were waiting for such a row lock; none are now.
 
 Each domain is created empty, the column retyped (binary coercible: no rewrite, indexes kept),
 then the check added to the domain, which checks the existing rows with one scan. The posting
