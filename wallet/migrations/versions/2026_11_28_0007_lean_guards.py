@@ -7,7 +7,7 @@ Create Date: 2026-11-28
 
 PostgreSQL 15 reads a table's CHECK constraints from their stored text and plans them again at
 every statement that writes the table (ExecRelCheck), whether or not the statement changes the
-checked columns. A TOPUP writes four tables in five statements, so it re-read 16 constraints;
+checked columns. A TOPUP writes four tables in six statements, so it re-read 22 constraints;
 callgrind counted that at a quarter of a posting's instructions. A domain's check is kept ready in
 the backend's type cache and runs only where a value is assigned to the column (an INSERT, or an
 UPDATE that sets it). So:
