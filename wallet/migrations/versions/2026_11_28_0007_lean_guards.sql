@@ -152,7 +152,6 @@ DECLARE
     v_pinned bigint := (nullif(current_setting('wallet.treasury_pins', true), '')::jsonb
                         ->> p_asset_id::text)::bigint;
     v_shard integer := floor(random() * p_shards)::integer;
-    v_free bigint;
 BEGIN
     IF v_pinned IS NOT NULL THEN
         UPDATE accounts a SET balance = a.balance + p_delta, version = a.version + 1
@@ -165,20 +164,20 @@ BEGIN
         END IF;
     ELSE
         FOR v_round IN 0..1 LOOP  -- from the drawn shard on, then from the first
-            SELECT t.id INTO v_free FROM accounts t
-             WHERE t.kind = 'TREASURY' AND t.asset_id = p_asset_id AND t.shard >= v_shard
-               AND CASE WHEN p_delta < 0 THEN t.balance >= -9223372036854775808 - p_delta
-                        ELSE t.balance <= 9223372036854775807 - p_delta END
-             ORDER BY t.shard LIMIT 1 FOR UPDATE SKIP LOCKED;
-            EXIT WHEN v_free IS NOT NULL OR v_shard = 0;
+            UPDATE accounts a SET balance = a.balance + p_delta, version = a.version + 1
+             WHERE a.id = (
+                    SELECT t.id FROM accounts t
+                     WHERE t.kind = 'TREASURY' AND t.asset_id = p_asset_id AND t.shard >= v_shard
+                       AND CASE WHEN p_delta < 0 THEN t.balance >= -9223372036854775808 - p_delta
+                                ELSE t.balance <= 9223372036854775807 - p_delta END
+                     ORDER BY t.shard LIMIT 1 FOR UPDATE SKIP LOCKED)
+            RETURNING a.id, a.balance, a.version INTO account_id, balance, version;
+            IF FOUND THEN
+                RETURN;
+            END IF;
+            EXIT WHEN v_shard = 0;
             v_shard := 0;
         END LOOP;
-        IF v_free IS NOT NULL THEN
-            UPDATE accounts a SET balance = a.balance + p_delta, version = a.version + 1
-             WHERE a.id = v_free
-            RETURNING a.id, a.balance, a.version INTO account_id, balance, version;
-            RETURN;
-        END IF;
     END IF;
     FOR attempt IN 1..3 LOOP
         UPDATE accounts a SET balance = a.balance + p_delta, version = a.version + 1
