@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from bench import capture, cpu, load, pgbench, report, seeding, service
 from bench.measure import Measurement
 from bench.scenarios import (
+    ALONE_ENV,
     CEILINGS,
     ORDER,
     REFERENCE_CEILING,
@@ -37,6 +38,8 @@ from wallet.db.engine import create_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+# What a kind of run beside the service sets in its environment.
+_KIND_ENV: dict[str, dict[str, str]] = {"alone": ALONE_ENV}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -258,7 +261,8 @@ class Runner:
         )
 
     def other(self, kind: str, name: str, clients: int, rep: int, duration_s: int) -> Measurement:
-        """A floor, auth-on or reference run (named `floor/<scenario>` and the like)."""
+        """A floor, auth-on, group-commit-off or reference run (named `floor/<scenario>` and
+        the like)."""
         if self.beside is None:
             raise RuntimeError("no floor, auth-on service or reference beside this run")
         beside = self.beside
@@ -274,15 +278,15 @@ class Runner:
                     env=dict(os.environ),
                 )
             )
-        floor = kind == "floor"
+        floor, auth_on = kind == "floor", kind == "auth"
         with service.serve(
-            self.url if floor else beside.auth_url,
+            beside.auth_url if auth_on else self.url,
             workers=self.cfg.workers,
             log_path=beside.logs / f"{kind}.log",
-            extra_env=None if floor else self.cfg.service_env,
+            extra_env=None if floor else {**self.cfg.service_env, **_KIND_ENV.get(kind, {})},
             floor=floor,
         ) as target:
-            auth = "-" if floor else beside.auth_key
+            auth = beside.auth_key if auth_on else "-"
             label, base = f"{kind}/{name}", target.base_url
             # Fresh processes: warm their pools and prepared statements first, unmeasured.
             self._service(
@@ -425,7 +429,7 @@ def cmd_run(cfg: Config) -> int:
                             continue
                         if kind == "reference" and not REFERENCE_DIR.is_dir():
                             continue
-                        if kind in ("floor", "auth", "reference"):
+                        if kind in ("floor", "auth", "reference", "alone"):
                             m = runner.other(kind, name, clients, rep, cfg.duration_s)
                         elif kind == "service" and scenario(name).levels:
                             if not at_target:  # measured once per target round, at its level

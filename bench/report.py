@@ -11,6 +11,7 @@ from typing import Any
 
 from bench.measure import Cell, Measurement, cell, paired_ratio
 from bench.scenarios import (
+    ALONE_SCENARIOS,
     AUTH_SCENARIOS,
     CEILINGS,
     FLOOR_SCENARIOS,
@@ -91,6 +92,24 @@ def _p99_target(results: Results, name: str, at: int, limit_ms: float) -> Target
     )
 
 
+def _latency_target(
+    results: Results, name: str, baseline: str, *, at: int, most: float
+) -> Target | None:
+    """`name`'s median latency at `at` clients, at most `most` times `baseline`'s."""
+    found, base = results.get(name, at), results.get(baseline, at)
+    if found is None or base is None or not base.p50_ms:
+        return None
+    ratio = found.p50_ms / base.p50_ms
+    return Target(
+        f"{name} / {baseline}@{at}: p50 latency",
+        ratio,
+        f"<= {most:.2f}",
+        ratio <= most,
+        f"({found.p50_ms:.2f} vs {base.p50_ms:.2f} ms; p99 {found.p99_ms:.1f} vs"
+        f" {base.p99_ms:.1f} ms)",
+    )
+
+
 def targets(
     results: Results, *, at: int, hot_wallet: dict[str, Any], audit_ok: bool
 ) -> list[Target]:
@@ -167,6 +186,25 @@ def targets(
             at,
             1.0,
         ),
+        # Group commit (the moonshot): past the one-posting-per-call ceiling, and never slower
+        # than each posting alone (the same service with WALLET_GROUP_COMMIT_MAX=1).
+        _ratio_target(
+            results,
+            "group commit: topup-many / its SQL under pgbench",
+            "topup-many",
+            "transact",
+            at,
+            1.0,
+        ),
+        _ratio_target(
+            results,
+            "group commit / each alone: topup-many",
+            "topup-many",
+            "alone/topup-many",
+            at,
+            1.0,
+        ),
+        _latency_target(results, "topup-many", "alone/topup-many", at=1, most=1.1),
         _ratio_target(
             results, "transfer-many / its SQL under pgbench", "transfer-many", "transfer", at, 0.3
         ),
@@ -261,6 +299,7 @@ def markdown(
         *(s.name for s in SCENARIOS),
         *(f"floor/{n}" for n in FLOOR_SCENARIOS),
         *(f"auth/{n}" for n in AUTH_SCENARIOS),
+        *(f"alone/{n}" for n in ALONE_SCENARIOS),
     ]
     order = [
         *((n, "service") for n in services),
@@ -313,6 +352,7 @@ def chart(results: Results, path: Path, *, title: str) -> None:
             _series(ax, results, f"floor/{s.name}", levels, "floor app", "D-.", "tab:green")
         if s.name == "topup-many":
             _series(ax, results, "transact-hot-row", levels, "ceiling: one hot row", "^:", "k")
+            _series(ax, results, "alone/topup-many", levels, "each posting alone", "v-", "tab:gray")
         values = [x.tps for c in levels for n in (s.name, s.ceiling) if (x := results.get(n, c))]
         if values and max(values) > 10 * max(1.0, min(values)):
             ax.set_yscale("log")  # a ceiling far above the service: keep both readable

@@ -175,17 +175,21 @@ SCENARIOS = [
     ),
 ]
 # Beside the service, at the same worker count: the floor (bench/floor.py) on these scenarios,
-# and the service with an API key configured (auth on), at the target concurrency.
+# the service with an API key configured (auth on), at the target concurrency, and the service
+# with group commit off (each posting alone: WALLET_GROUP_COMMIT_MAX=1), at every concurrency.
 FLOOR_SCENARIOS = ("topup-many", "read-balance", "graphql-wallet", "graphql-transact")
 AUTH_SCENARIOS = ("topup-many", "read-balance")
+ALONE_SCENARIOS = ("topup-many",)
+ALONE_ENV = {"WALLET_GROUP_COMMIT_MAX": "1"}
 
 # Run order inside one round: each scenario right after its ceiling(s), under the same noise.
-# "floor" and "auth" runs are named "floor/<scenario>" and "auth/<scenario>".
+# "floor", "auth" and "alone" runs are named "floor/<scenario>", "auth/<scenario>" and so on.
 ORDER: list[tuple[str, str]] = [
     ("reference", REFERENCE_CEILING),
     ("ceiling", "transact"),
     ("ceiling", "transact-hot-row"),
     ("service", "topup-many"),
+    ("alone", "topup-many"),
     ("floor", "topup-many"),
     ("auth", "topup-many"),
     ("service", "graphql-transact"),

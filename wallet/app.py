@@ -37,7 +37,7 @@ from wallet.http import (
 from wallet.logging import configure_logging
 from wallet.observability import Metrics, RequestObserver
 from wallet.openapi import openapi_json
-from wallet.resources import Resources, open_replica, principal, resources
+from wallet.resources import GroupCommit, Resources, open_replica, principal, resources
 from wallet.rest.batches import BATCH_PATH
 from wallet.settings import Settings
 from wallet.sweeper import HoldSweeper
@@ -95,6 +95,13 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
         sweeper.start()
         metrics.watch_pool("primary", engine)
         metrics.watch_asyncpg_pool("hot", pool)
+        groups = GroupCommit(
+            pool,
+            max_size=settings.group_commit_max,
+            in_flight=settings.group_commit_calls,
+            timeout_s=settings.pool_timeout_s,
+            metrics=metrics,
+        )
         replica = open_replica(settings, autocommit)  # DATABASE_READ_URL, when set
         if replica is not None:
             metrics.watch_pool("replica", replica.engine)
@@ -109,6 +116,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
                     engine=engine,
                     autocommit=autocommit,
                     pool=pool,
+                    groups=groups,
                     feed=feed,
                     auth=auth,
                     rate_limiter=RateLimiter(
@@ -127,6 +135,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             await sweeper.close()
             await auth.close()
             await feed.close()
+            await groups.close()
             await pool.close()
             await engine.dispose()
             if replica is not None:

@@ -101,6 +101,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.group_commits: Counter = prom.Counter(
+            "wallet_group_commits_total",
+            "Groups of TOPUP, BONUS and SPEND postings posted in one call (group commit), by how:"
+            " set (set-based), each (each alone, in that call: one did not complete), failed"
+            " (the call failed; each then posted alone).",
+            ["posted"],
+            registry=registry,
+        )
+        self.grouped_postings: Counter = prom.Counter(
+            "wallet_grouped_postings_total",
+            "Postings posted with others in one transaction (group commit).",
+            registry=registry,
+        )
         self.pool: Gauge = prom.Gauge(
             "wallet_db_pool_connections",
             "Database connections of the service's pools (hot: asyncpg's for balances and"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
@@ -78,6 +79,7 @@ class Resources:
     metrics: Metrics = field(default_factory=Metrics)
     tracing: Tracing | None = None  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
     replica: Replica | None = None  # on when DATABASE_READ_URL is set
+    groups: GroupCommit | None = None  # the hot pool's group commit (with `pool`)
 
 
 def resources(connection: HTTPConnection) -> Resources:
@@ -149,20 +151,237 @@ async def read_hot(
         return await with_pg(res.pool, pg_work, timeout_s=res.settings.pool_timeout_s, retry=True)
 
 
-async def post_hot(
-    res: Resources,
-    pg_work: Callable[[asyncpg.Connection], Awaitable[T]],
-    work: Callable[[AsyncConnection], Awaitable[T]],
-    *,
-    kind: str,
-) -> T:
-    """`post` on the asyncpg pool (TOPUP, BONUS, SPEND: the hot path); `work` without one."""
-    if res.pool is None:
-        return await post(res, work, kind=kind)
-    pool, timeout_s = res.pool, res.settings.pool_timeout_s
+async def transact_hot(
+    res: Resources, request: ledger.TransactRequest, *, key: str, principal: str
+) -> ledger.TransactOutcome:
+    """`post` for TOPUP, BONUS and SPEND (the hot path): on the asyncpg pool, grouped with the
+    postings that wait for a connection at the same moment (`GroupCommit`); through the engine
+    where no pool was opened (in-process harnesses)."""
+    groups = res.groups if res.pool is not None else None
+    if groups is None:
+        return await post(
+            res,
+            lambda conn: ledger.transact(conn, request, key=key, principal=principal),
+            kind=request.type,
+        )
     return await _posting(
-        res, lambda: with_pg(pool, pg_work, timeout_s=timeout_s, retry=True), kind=kind
+        res, lambda: groups.transact(request, key=key, principal=principal), kind=request.type
     )
+
+
+@dataclass(slots=True)
+class _Waiting:
+    request: ledger.TransactRequest  # a TOPUP, BONUS or SPEND
+    key: str
+    principal: str
+    answer: asyncio.Future[ledger.TransactOutcome]
+
+
+class GroupCommit:
+    """Group commit for TOPUP, BONUS and SPEND on the hot pool.
+
+    At most `in_flight` postings' database calls run at once per process: a plain posting or a
+    group each count one. A posting that finds a call free and nobody waiting runs alone
+    (`wallet_transact`), as ever: at low load nothing changes, latency included. Otherwise it
+    joins a queue, and each call that ends lets the head of the queue and up to `max_size - 1`
+    more postings of the same principal go as one transaction and one commit
+    (`ledger.transact_group_pg`). Fewer calls than connections is the point: postings that
+    would each have run alone on a connection of their own wait a moment and share one call,
+    so PostgreSQL does a set's work once, not a statement's and a commit's per posting.
+
+    The group's call posts it set-based when every posting completes; otherwise each posting of
+    it runs alone, in order, in that same call (a replay, a reused key, a refusal, an unknown
+    user or asset are each decided as alone). A call that fails (a lock timeout, any database
+    error: it rolled back whole) is followed by each posting alone, in its own call. So every
+    posting gets exactly the answer it would have had alone, and a group's commit is all or
+    nothing: no posting is ever half done.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_size: int,
+        in_flight: int,
+        timeout_s: float,
+        metrics: Metrics,
+    ) -> None:
+        self._pool = pool
+        self._max_size = max_size
+        self._limit = in_flight
+        self._timeout_s = timeout_s
+        self._metrics = metrics
+        self._waiting: deque[_Waiting] = deque()
+        self._in_flight = 0  # database calls under way: plain postings and groups
+        self._call_ended = asyncio.Event()
+        self._drainer: asyncio.Task[None] | None = None
+        self._groups: set[asyncio.Task[None]] = set()
+
+    async def transact(
+        self, request: ledger.TransactRequest, *, key: str, principal: str
+    ) -> ledger.TransactOutcome:
+        if self._max_size < 2 or (not self._waiting and self._in_flight < self._limit):
+            self._in_flight += 1
+            try:
+                return await self._alone(request, key, principal, retry=True)
+            finally:
+                self._ended()
+        answer: asyncio.Future[ledger.TransactOutcome] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(request, key, principal, answer))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name="wallet-group-commit")
+        return await answer  # cancelled (the client left) before its group: never posted
+
+    async def close(self) -> None:
+        """Let the groups under way finish (the lifespan's end, before the pool closes)."""
+        tasks = [*self._groups, *([self._drainer] if self._drainer else [])]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _ended(self) -> None:
+        self._in_flight -= 1
+        self._call_ended.set()
+
+    async def _alone(
+        self, request: ledger.TransactRequest, key: str, principal: str, *, retry: bool
+    ) -> ledger.TransactOutcome:
+        return await with_pg(
+            self._pool,
+            lambda pg: ledger.transact_pg(pg, request, key=key, principal=principal),
+            timeout_s=self._timeout_s,
+            retry=retry,
+        )
+
+    async def _drain(self) -> None:
+        """While postings wait, send the next group each time a call is free."""
+        while self._waiting:
+            if self._in_flight >= self._limit:
+                self._call_ended.clear()
+                await self._call_ended.wait()
+                continue
+            self._in_flight += 1
+            try:
+                conn = await self._pool.acquire(timeout=self._timeout_s)
+            except BaseException as error:
+                self._ended()
+                failure = (
+                    Busy("All database connections are busy; retry shortly.")
+                    if isinstance(error, TimeoutError)
+                    else error
+                )
+                while self._waiting:
+                    _settle(self._waiting.popleft().answer, error=failure)
+                if not isinstance(error, Exception):
+                    raise
+                return
+            group = self._take()
+            if not group:
+                self._ended()
+                await self._pool.release(conn)
+                continue
+            task = asyncio.create_task(self._post(conn, group), name="wallet-group")
+            self._groups.add(task)
+            task.add_done_callback(self._groups.discard)
+
+    def _take(self) -> list[_Waiting]:
+        """The queue's head and the next postings of its principal, each key once (a second
+        posting under a key waits for a later group, where it replays the first)."""
+        group: list[_Waiting] = []
+        keys: set[str] = set()
+        skipped: list[_Waiting] = []
+        while self._waiting and len(group) < self._max_size:
+            waiting = self._waiting.popleft()
+            if waiting.answer.done():
+                continue  # cancelled while it waited
+            if group and (waiting.principal != group[0].principal or waiting.key in keys):
+                skipped.append(waiting)
+                continue
+            group.append(waiting)
+            keys.add(waiting.key)
+        self._waiting.extendleft(reversed(skipped))
+        return group
+
+    async def _post(self, conn: asyncpg.Connection, group: list[_Waiting]) -> None:
+        """Post the group on `conn`, then release it; every posting of the group is settled,
+        whatever happens (an answer, an error, or cancelled with the task)."""
+        try:
+            lost = False
+            try:
+                await self._post_on(conn, group)
+            except _LOST:
+                lost = True
+                conn.terminate()  # never handed out again: the pool opens a fresh one
+            finally:
+                with contextlib.suppress(*_LOST):
+                    await self._pool.release(conn)
+            if lost:  # the group's attempt was each one's first: one retry left, as alone
+                await asyncio.gather(*(self._post_alone(w) for w in group))
+        except BaseException as error:
+            for waiting in group:
+                _settle(waiting.answer, error=error)
+            raise
+        finally:
+            self._ended()
+
+    async def _post_on(self, conn: asyncpg.Connection, group: list[_Waiting]) -> None:
+        """The group in one call; each alone in order if that call fails (a lock timeout, say:
+        it rolled back whole). A lost connection propagates."""
+        if len(group) > 1:
+            operations = [ledger.BatchOperation(w.request, w.key) for w in group]
+            try:
+                posted = await ledger.transact_group_pg(
+                    conn, operations, principal=group[0].principal
+                )
+            except asyncpg.PostgresError:
+                posted = None
+            if posted is not None:
+                self._metrics.group_commits.labels("set" if posted.together else "each").inc()
+                self._metrics.grouped_postings.inc(len(group))
+                for waiting, answer in zip(group, posted.answers, strict=True):
+                    if isinstance(answer, ledger.TransactOutcome):
+                        _settle(waiting.answer, answer)
+                    else:
+                        _settle(waiting.answer, error=answer)
+                return
+            self._metrics.group_commits.labels("failed").inc()
+        for waiting in group:
+            await self._post_alone(waiting, conn=conn)
+
+    async def _post_alone(
+        self, waiting: _Waiting, *, conn: asyncpg.Connection | None = None
+    ) -> None:
+        """One posting as the plain path posts it, and its answer or error settles it: on
+        `conn` (a lost connection propagates, unsettled), else on a pooled one, no retry left."""
+        if waiting.answer.done():
+            return  # settled, or cancelled while its group ran: never posted
+        request, key, principal = waiting.request, waiting.key, waiting.principal
+        try:
+            if conn is not None:
+                outcome = await ledger.transact_pg(conn, request, key=key, principal=principal)
+            else:
+                outcome = await self._alone(request, key, principal, retry=False)
+        except Exception as error:
+            if conn is not None and isinstance(error, _LOST):
+                raise
+            _settle(waiting.answer, error=error)
+        else:
+            _settle(waiting.answer, outcome)
+
+
+def _settle(
+    answer: asyncio.Future[ledger.TransactOutcome],
+    outcome: ledger.TransactOutcome | None = None,
+    *,
+    error: BaseException | None = None,
+) -> None:
+    """Answer a waiting posting once; one whose request was cancelled is left alone."""
+    if answer.done():
+        return
+    if isinstance(error, asyncio.CancelledError):
+        answer.cancel()
+    elif error is not None:
+        answer.set_exception(error)
+    elif outcome is not None:
+        answer.set_result(outcome)
 
 
 async def read(res: Resources, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     pool_timeout_s: float = Field(default=5.0, gt=0)
     lock_timeout_ms: int = Field(default=2000, ge=1)
     statement_timeout_ms: int = Field(default=15000, ge=1)
+    # Group commit (resources.GroupCommit): TOPUP, BONUS and SPEND make at most `calls` database
+    # calls at once per worker; postings that arrive meanwhile wait and go together, at most
+    # `max` in one transaction. WALLET_GROUP_COMMIT_MAX=1 posts each alone, as many at once as
+    # the pool allows.
+    group_commit_max: int = Field(default=32, ge=1, le=1000)
+    group_commit_calls: int = Field(default=2, ge=1, le=200)
 
     idempotency_retention_hours: int = Field(default=24, ge=24)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)

@@ -37,6 +37,11 @@ Design note
   Outcomes the ledger decides (COMPLETED and its 422 refusals) are stored and replayed;
   not-found and validation errors roll back, so a corrected retry can run.
 * History is a lookup: each entry records its account's balance and version after it.
+* Group commit. TOPUP, BONUS and SPEND postings that arrive while a worker's posting calls are
+  busy wait and go together: one call and one commit for the group (`wallet_transact_group`),
+  locks taken in a posting's own order (keys in key order, wallets ascending, one Treasury shard
+  per asset), set-based when every posting completes, else each one alone in that call, exactly
+  as `wallet_transact`. A posting gets the answer it would have had alone.
 
 The functions here take a connection and never commit: the caller owns the transaction.
 """
@@ -55,8 +60,10 @@ from wallet.ledger.batches import (
     MAX_OPERATIONS,
     BatchDone,
     BatchOperation,
+    GroupPosted,
     OperationResult,
     batch,
+    transact_group_pg,
 )
 from wallet.ledger.common import (
     AssetInfo,
@@ -127,6 +134,7 @@ __all__ = [
     "CaptureRequest",
     "Direction",
     "EntryRecord",
+    "GroupPosted",
     "HistoryFilter",
     "HistoryItem",
     "HistoryPage",
@@ -178,6 +186,7 @@ __all__ = [
     "reverse",
     "settled",
     "transact",
+    "transact_group_pg",
     "transact_pg",
     "transaction_view",
     "transactions_by_id",

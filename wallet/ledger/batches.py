@@ -3,14 +3,19 @@
 Atomic batches are all or nothing; the others run each operation on its own, under its own key
 and exactly the rules of its route (a retried batch replays what was done and runs the rest).
 Either way every account the batch touches is locked first, in ascending id order.
+
+Group commit uses the same machinery: `transact_group_pg` posts TOPUPs, BONUSes and SPENDs that
+waited together, each under its own key, as one set (see `resources.GroupCommit`).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import asyncpg
 import orjson
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,13 +30,14 @@ from wallet.errors import (
     WalletError,
 )
 from wallet.ledger.common import Stored, call_keyed, declined, fingerprint, parse_time
-from wallet.ledger.postings import TransactOutcome, TransactRequest, refusal
+from wallet.ledger.postings import TransactOutcome, TransactRequest, refusal, transact_answer
 from wallet.ledger.transfers import TransferDone, TransferRequest, transfer_outcome
 
 BATCH_ROUTE: Final = "POST /api/wallet/batch"
 MAX_OPERATIONS: Final = 1000
 OpName = Literal["TOPUP", "BONUS", "SPEND", "TRANSFER"]
 
+_GROUP_PG: Final = "SELECT wallet_transact_group($1, $2::jsonb, $3)"
 _BATCH_SQL = text(
     "SELECT outcome, replayed, fingerprint_matches, result FROM wallet_batch(:scope, :key,"
     " :fingerprint, :atomic, CAST(:operations AS jsonb), :principal)"
@@ -149,3 +155,33 @@ async def batch(
         results=[_result(o, raw) for o, raw in zip(operations, stored.result, strict=True)],
         replayed=stored.replayed,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPosted:
+    """A group's answers, in order: each as `transact_pg` would return it, or the error it
+    would raise; `together` when the group was posted set-based (every posting completed)."""
+
+    answers: list[TransactOutcome | WalletError]
+    together: bool
+
+
+async def transact_group_pg(
+    conn: asyncpg.Connection, group: Sequence[BatchOperation], *, principal: str
+) -> GroupPosted:
+    """Post keyed TOPUP, BONUS and SPEND operations of one principal (each key once) in one
+    transaction: set-based when every key is new and every posting completes, else each alone
+    in order, as its own route would; either way one call and one commit."""
+    raw = await conn.fetchval(
+        _GROUP_PG, principal, orjson.dumps([o.payload() for o in group]).decode(), principal
+    )
+    posted = orjson.loads(raw)
+    answers: list[TransactOutcome | WalletError] = []
+    for operation, result in zip(group, posted["results"], strict=True):
+        if not isinstance(operation.request, TransactRequest):
+            raise TypeError("a group holds TOPUP, BONUS and SPEND only")
+        try:
+            answers.append(transact_answer(result, operation.request))
+        except WalletError as error:
+            answers.append(error)
+    return GroupPosted(answers=answers, together=posted["set"])

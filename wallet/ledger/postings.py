@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal, NoReturn
@@ -14,13 +15,22 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallet.db.models import IdempotencyKey
 from wallet.errors import (
+    AssetNotFound,
     BalanceLimitExceeded,
     Declined,
     IdempotencyKeyReused,
     InsufficientFunds,
+    UserNotFound,
 )
 from wallet.inputs import TxType
-from wallet.ledger.common import Metadata, fingerprint, metadata_json, raise_for_sqlstate
+from wallet.ledger.common import (
+    Metadata,
+    fingerprint,
+    metadata_json,
+    optional_uuid,
+    parse_time,
+    raise_for_sqlstate,
+)
 
 Outcome = Literal["COMPLETED", "INSUFFICIENT_FUNDS", "BALANCE_LIMIT_EXCEEDED"]
 
@@ -97,12 +107,34 @@ def _params(request: TransactRequest, *, key: str, principal: str) -> dict[str, 
     }
 
 
+def _not_found(request: TransactRequest) -> dict[str, str]:
+    """What W0001 and W0002 say about this request."""
+    return {
+        "W0001": f"User {request.user_id} not found.",
+        "W0002": f"Asset {request.asset_slug!r} not found.",
+    }
+
+
 def _raise_for(error: Exception, request: TransactRequest) -> NoReturn:
-    raise_for_sqlstate(
-        error,
-        W0001=f"User {request.user_id} not found.",
-        W0002=f"Asset {request.asset_slug!r} not found.",
-    )
+    raise_for_sqlstate(error, **_not_found(request))
+
+
+def transact_answer(raw: Mapping[str, Any], request: TransactRequest) -> TransactOutcome:
+    """A posting's answer as `ledger_batch_op` writes it in JSON, raised or returned exactly as
+    `transact_pg` raises or returns the same answer."""
+    if raw["outcome"] == "ERROR":
+        state = {"USER_NOT_FOUND": "W0001", "ASSET_NOT_FOUND": "W0002"}[raw["code"]]
+        raise (UserNotFound if state == "W0001" else AssetNotFound)(_not_found(request)[state])
+    row = {
+        "outcome": raw["outcome"],
+        "replayed": raw["replayed"],
+        "fingerprint_matches": raw["fingerprintMatches"],
+        "transaction_id": optional_uuid(raw["transactionId"]),
+        "balance_before": int(raw["balanceBefore"]),
+        "balance_after": int(raw["balanceAfter"]),
+        "created_at": parse_time(raw["createdAt"]),
+    }
+    return _outcome(row, request)
 
 
 def _outcome(row: Any, request: TransactRequest) -> TransactOutcome:

@@ -6,13 +6,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from wallet import ledger
 from wallet.errors import ValidationError
 from wallet.inputs import parse_metadata
 from wallet.resolvers.context import Context
-from wallet.resources import post, post_hot
+from wallet.resources import post, transact_hot
 
 T = TypeVar("T")
 
@@ -29,17 +29,13 @@ async def posting(ctx: Context, work: Callable[[AsyncConnection], Awaitable[T]],
         ctx.loaders.forget()
 
 
-async def hot_posting(
-    ctx: Context,
-    pg_work: Callable[[asyncpg.Connection], Awaitable[T]],
-    work: Callable[[AsyncConnection], Awaitable[T]],
-    *,
-    kind: str,
-) -> T:
-    """`posting` for TOPUP, BONUS and SPEND: on the hot asyncpg pool, as REST's transact
-    (`resources.post_hot`; `work` where no pool was opened)."""
+async def hot_transact(
+    ctx: Context, request: ledger.TransactRequest, *, key: str, principal: str
+) -> ledger.TransactOutcome:
+    """`posting` for TOPUP, BONUS and SPEND: on the hot asyncpg pool and its group commit, as
+    REST's transact (`resources.transact_hot`)."""
     try:
-        return await post_hot(ctx.resources, pg_work, work, kind=kind)
+        return await transact_hot(ctx.resources, request, key=key, principal=principal)
     finally:
         ctx.loaders.forget()
 

@@ -19,7 +19,7 @@ from wallet.inputs import (
     parse_reference,
     parse_tx_type,
 )
-from wallet.resolvers.common import hot_posting, metadata_filter
+from wallet.resolvers.common import hot_transact, metadata_filter
 from wallet.resolvers.context import Context
 from wallet.resources import read, read_replica
 
@@ -146,12 +146,7 @@ async def transact(
     who.require_transact(
         user_id, request.type, user_can_spend=ctx.resources.settings.user_can_spend
     )
-    return await hot_posting(
-        ctx,
-        lambda pg: ledger.transact_pg(pg, request, key=key, principal=who.name),
-        lambda conn: ledger.transact(conn, request, key=key, principal=who.name),
-        kind=request.type,
-    )
+    return await hot_transact(ctx, request, key=key, principal=who.name)
 
 
 async def balance_changes(

@@ -24,7 +24,7 @@ from wallet.inputs import (
     parse_tx_type,
     parse_user_id,
 )
-from wallet.resources import post_hot, principal, read_hot, read_replica, resources
+from wallet.resources import principal, read_hot, read_replica, resources, transact_hot
 from wallet.rest.common import idempotency_key, optional_id, query_param, replayed_header
 
 
@@ -104,12 +104,7 @@ async def post_transact(request: Request) -> Response:
     )
     who = principal(request)
     who.require_transact(tx.user_id, tx.type, user_can_spend=res.settings.user_can_spend)
-    outcome = await post_hot(
-        res,
-        lambda pg: ledger.transact_pg(pg, tx, key=key, principal=who.name),
-        lambda conn: ledger.transact(conn, tx, key=key, principal=who.name),
-        kind=tx.type,
-    )
+    outcome = await transact_hot(res, tx, key=key, principal=who.name)
     return _outcome_response(outcome)
 
 

@@ -18,7 +18,8 @@
 -- * Raised SQLSTATEs: W0001 user not found, W0002 asset not found, W0003 transaction not found,
 --   W0004 hold not found, W0005 invalid batch operation, W0008 a transfer to its sender,
 --   W0100 unbalanced, W0101 append-only,
---   W0103 the asset's whole Treasury has no room.
+--   W0103 the asset's whole Treasury has no room; W0300 (raised and caught inside
+--   wallet_transact_group) a group whose set-based attempt is undone.
 
 CREATE OR REPLACE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
 -- At commit, once per transaction: at least two entries, all in the transaction's asset, with
@@ -289,19 +290,22 @@ END $$;
 CREATE OR REPLACE FUNCTION wallet_transact(
     p_scope text, p_key text, p_fingerprint bytea,
     p_user uuid, p_asset text, p_type text, p_amount bigint, p_txn uuid,
-    p_principal text, p_reference text, p_metadata jsonb
+    p_principal text, p_reference text, p_metadata jsonb, p_claimed boolean DEFAULT false
 ) RETURNS TABLE (
     outcome text, replayed boolean, fingerprint_matches boolean, transaction_id uuid,
     balance_before bigint, balance_after bigint, created_at timestamptz
 ) LANGUAGE plpgsql AS $$
--- One TOPUP, BONUS or SPEND, exactly once per (scope, key), in one round trip.
+-- One TOPUP, BONUS or SPEND, exactly once per (scope, key), in one round trip. `p_claimed`: the
+-- caller has claimed the key in this transaction already (wallet_transact_group).
 DECLARE
     v_stored idempotency_keys;
     v_asset assets;
     v_post record;
     v_now timestamptz;
 BEGIN
-    v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
+    IF NOT p_claimed THEN
+        v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
+    END IF;
     IF v_stored.scope IS NOT NULL THEN
         RETURN QUERY
             SELECT v_stored.outcome::text, true, v_stored.fingerprint = p_fingerprint,
@@ -763,10 +767,12 @@ BEGIN
     RETURN cardinality(v_holds);
 END $$;
 --;
-CREATE OR REPLACE FUNCTION ledger_batch_op(p_op jsonb, p_scope text, p_principal text)
-RETURNS jsonb LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION ledger_batch_op(
+    p_op jsonb, p_scope text, p_principal text, p_claimed boolean DEFAULT false
+) RETURNS jsonb LANGUAGE plpgsql AS $$
 -- One operation of a batch, under its own key when it has one (exactly the rules of its own
 -- route, so a retry of that route replays it). Answers the raw outcome; the service shapes it.
+-- `p_claimed`: this transaction has claimed the key of this TOPUP, BONUS or SPEND already.
 DECLARE
     v_key text := p_op->>'key';
     v_fingerprint bytea := decode(p_op->>'fingerprint', 'hex');
@@ -796,7 +802,7 @@ BEGIN
     IF v_key IS NOT NULL THEN
         SELECT * INTO v_row FROM wallet_transact(
             p_scope, v_key, v_fingerprint, (p_op->>'userId')::uuid, p_op->>'assetSlug',
-            p_op->>'op', v_amount, v_txn, p_principal, p_op->>'reference', v_metadata);
+            p_op->>'op', v_amount, v_txn, p_principal, p_op->>'reference', v_metadata, p_claimed);
     ELSE
         v_now := clock_timestamp();
         SELECT d.outcome, false AS replayed, true AS fingerprint_matches,
@@ -822,14 +828,17 @@ RETURNS jsonb LANGUAGE plpgsql AS $$
 -- in input order. Answers each operation's result, or NULL, having written nothing, unless every
 -- operation succeeds (wallet_batch then runs the batch operation by operation to name the first
 -- failure). The caller holds the lock of every account involved: the user wallets and the
--- Treasury shard it pinned per asset (`p_pins`: asset id -> account id).
+-- Treasury shard it pinned per asset (`p_pins`: asset id -> account id). Each operation's instant
+-- is a microsecond after the one before it, so that the balance at an entry's instant is the one
+-- after that entry, as for postings one by one.
 DECLARE
     v_now timestamptz := clock_timestamp();
     v_results jsonb;
     v_accounts bigint[];
 BEGIN
     WITH ops AS MATERIALIZED (
-        SELECT o.i - 1 AS idx, o.v->>'op' AS op, s.id AS asset_id, s.slug,
+        SELECT o.i - 1 AS idx, v_now + (o.i - 1) * interval '1 microsecond' AS at,
+               o.v->>'op' AS op, s.id AS asset_id, s.slug,
                (o.v->>'amount')::bigint AS amount, (o.v->>'txn')::uuid AS txn,
                o.v->>'reference' AS reference, coalesce(o.v->'metadata', '{}') AS metadata,
                (coalesce(o.v->>'userId', o.v->>'fromUserId'))::uuid AS user_id,
@@ -880,14 +889,14 @@ BEGIN
         INSERT INTO transactions (id, type, asset_id, user_id, amount, principal, reference,
                                   metadata, created_at)
         SELECT o.txn, o.op, o.asset_id, o.user_id, o.amount, p_principal, o.reference,
-               o.metadata, v_now
+               o.metadata, o.at
           FROM ops o, ok WHERE ok.ok ORDER BY o.idx
     ), written AS (
         INSERT INTO entries (transaction_id, account_id, asset_id, direction, amount,
                              balance_after, account_version, created_at)
         SELECT l.txn, l.account_id, l.asset_id,
                CASE WHEN l.delta > 0 THEN 'CREDIT' ELSE 'DEBIT' END, l.amount, l.balance_after,
-               l.version_after, v_now
+               l.version_after, l.at
           FROM legs l, ok WHERE ok.ok ORDER BY l.idx, l.leg
     )
     SELECT CASE WHEN ok.ok THEN r.results END,
@@ -898,17 +907,17 @@ BEGIN
                    'outcome', 'COMPLETED', 'replayed', false, 'fingerprintMatches', true,
                    'result', ledger_transfer_result(x.txn, x.user_id, x.to_id, x.slug, x.amount,
                        x.balances[1]::bigint, x.balances[2]::bigint, x.reference, x.metadata,
-                       v_now))
+                       x.at))
                ELSE jsonb_build_object(
                    'outcome', 'COMPLETED', 'replayed', false, 'fingerprintMatches', true,
                    'transactionId', x.txn, 'balanceBefore', (x.balances[1] - x.delta)::text,
-                   'balanceAfter', x.balances[1]::text, 'createdAt', v_now) END
+                   'balanceAfter', x.balances[1]::text, 'createdAt', x.at) END
                ORDER BY x.idx) AS results
-          FROM (SELECT l.idx, l.op, l.txn, l.user_id, l.to_id, l.slug, l.amount, l.reference,
-                       l.metadata, (array_agg(l.delta ORDER BY l.leg))[1] AS delta,
+          FROM (SELECT l.idx, l.at, l.op, l.txn, l.user_id, l.to_id, l.slug, l.amount,
+                       l.reference, l.metadata, (array_agg(l.delta ORDER BY l.leg))[1] AS delta,
                        array_agg(l.balance_after ORDER BY l.leg) AS balances
                   FROM legs l
-                 GROUP BY l.idx, l.op, l.txn, l.user_id, l.to_id, l.slug, l.amount,
+                 GROUP BY l.idx, l.at, l.op, l.txn, l.user_id, l.to_id, l.slug, l.amount,
                           l.reference, l.metadata) x) r;
     IF v_results IS NOT NULL AND EXISTS (SELECT FROM feed_listeners) THEN
         PERFORM ledger_notify(a) FROM unnest(v_accounts) a;
@@ -922,33 +931,40 @@ LANGUAGE sql IMMUTABLE AS $$
                         ELSE 'INTERNAL_ERROR' END;
 $$;
 --;
-CREATE OR REPLACE FUNCTION wallet_batch(
-    p_scope text, p_key text, p_fingerprint bytea, p_atomic boolean, p_ops jsonb,
-    p_principal text
-) RETURNS TABLE (outcome text, replayed boolean, fingerprint_matches boolean, result jsonb)
-LANGUAGE plpgsql AS $$
--- Up to 1,000 TOPUP, BONUS, SPEND and TRANSFER operations in one round trip. Every account they
--- touch is locked first, in ascending id order, so concurrent batches never deadlock. Atomic: all
--- or nothing; the first failure rolls everything back (BATCH_FAILED); without per-operation keys
--- it is posted set-based (ledger_batch_set). Not atomic: each operation stands alone under its
--- own key.
+CREATE OR REPLACE FUNCTION ledger_batch_each(
+    p_ops jsonb, p_scope text, p_principal text, p_claimed text[] DEFAULT '{}'
+) RETURNS jsonb LANGUAGE plpgsql AS $$
+-- Each operation alone, in order, under its own key (ledger_batch_op), in the caller's transaction
+-- and locks: an unknown user or asset is that operation's ERROR, not the batch's, and releases
+-- its key if this transaction claimed it (`p_claimed`), as the operation's own rollback would.
 DECLARE
-    v_stored idempotency_keys;
     v_results jsonb[] := '{}';
     v_one jsonb;
-    v_index integer := 0;
-    v_failure jsonb;
     v_op jsonb;
-    v_pins jsonb;
-    v_set jsonb;
+    v_claimed boolean;
 BEGIN
-    v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
-    IF v_stored.scope IS NOT NULL THEN
-        RETURN QUERY SELECT v_stored.outcome::text, true, v_stored.fingerprint = p_fingerprint,
-                            v_stored.result;
-        RETURN;
-    END IF;
-
+    FOR v_op IN SELECT * FROM jsonb_array_elements(p_ops) LOOP
+        v_claimed := coalesce(v_op->>'key' = ANY (p_claimed), false);
+        BEGIN
+            v_one := ledger_batch_op(v_op, p_scope, p_principal, v_claimed);
+        EXCEPTION WHEN SQLSTATE 'W0001' OR SQLSTATE 'W0002' THEN
+            v_one := jsonb_build_object('outcome', 'ERROR', 'code', ledger_error_code(SQLSTATE));
+            IF v_claimed THEN
+                DELETE FROM idempotency_keys k WHERE k.scope = p_scope AND k.key = v_op->>'key';
+            END IF;
+        END;
+        v_results := v_results || v_one;
+    END LOOP;
+    RETURN to_jsonb(v_results);
+END $$;
+--;
+CREATE OR REPLACE FUNCTION ledger_lock_batch(p_ops jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+-- Take every lock a batch of operations needs, in the one order that keeps concurrent batches
+-- (and group commits) from deadlocking: its user wallets in ascending id order, then one
+-- Treasury shard per asset. Answers the pins (asset id -> shard account id).
+DECLARE
+    v_pins jsonb;
+BEGIN
     -- Open the credited wallets (in one global order, so concurrent batches cannot deadlock on
     -- the inserts either), then lock every wallet of the batch in ascending id order.
     INSERT INTO accounts (asset_id, kind, user_id)
@@ -985,6 +1001,37 @@ BEGIN
              WHERE a.kind = 'TREASURY' AND a.shard = pick.shard
              ORDER BY a.asset_id FOR UPDATE OF a) t;
     PERFORM set_config('wallet.treasury_pins', v_pins::text, true);
+    RETURN v_pins;
+END $$;
+--;
+CREATE OR REPLACE FUNCTION wallet_batch(
+    p_scope text, p_key text, p_fingerprint bytea, p_atomic boolean, p_ops jsonb,
+    p_principal text
+) RETURNS TABLE (outcome text, replayed boolean, fingerprint_matches boolean, result jsonb)
+LANGUAGE plpgsql AS $$
+-- Up to 1,000 TOPUP, BONUS, SPEND and TRANSFER operations in one round trip. Every account they
+-- touch is locked first, in ascending id order, so concurrent batches never deadlock. Atomic: all
+-- or nothing; the first failure rolls everything back (BATCH_FAILED); without per-operation keys
+-- it is posted set-based (ledger_batch_set). Not atomic: each operation stands alone under its
+-- own key.
+DECLARE
+    v_stored idempotency_keys;
+    v_results jsonb[] := '{}';
+    v_one jsonb;
+    v_index integer := 0;
+    v_failure jsonb;
+    v_op jsonb;
+    v_pins jsonb;
+    v_set jsonb;
+BEGIN
+    v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
+    IF v_stored.scope IS NOT NULL THEN
+        RETURN QUERY SELECT v_stored.outcome::text, true, v_stored.fingerprint = p_fingerprint,
+                            v_stored.result;
+        RETURN;
+    END IF;
+
+    v_pins := ledger_lock_batch(p_ops);
 
     IF p_atomic AND NOT EXISTS (SELECT FROM jsonb_array_elements(p_ops) o
                                  WHERE o->>'key' IS NOT NULL) THEN
@@ -1023,17 +1070,61 @@ BEGIN
             RETURN QUERY SELECT 'BATCH_FAILED'::text, false, true, v_failure;
             RETURN;
         END IF;
-    ELSE
-        FOR v_op IN SELECT * FROM jsonb_array_elements(p_ops) LOOP
-            BEGIN
-                v_one := ledger_batch_op(v_op, p_scope, p_principal);
-            EXCEPTION WHEN SQLSTATE 'W0001' OR SQLSTATE 'W0002' THEN
-                v_one := jsonb_build_object('outcome', 'ERROR',
-                                            'code', ledger_error_code(SQLSTATE));
-            END;
-            v_results := v_results || v_one;
-        END LOOP;
+        PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', NULL, to_jsonb(v_results));
+        RETURN QUERY SELECT 'COMPLETED'::text, false, true, to_jsonb(v_results);
+        RETURN;
     END IF;
-    PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', NULL, to_jsonb(v_results));
-    RETURN QUERY SELECT 'COMPLETED'::text, false, true, to_jsonb(v_results);
+    v_set := ledger_batch_each(p_ops, p_scope, p_principal);
+    PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', NULL, v_set);
+    RETURN QUERY SELECT 'COMPLETED'::text, false, true, v_set;
+END $$;
+--;
+CREATE OR REPLACE FUNCTION wallet_transact_group(p_scope text, p_ops jsonb, p_principal text)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+-- Group commit: TOPUP, BONUS and SPEND postings that waited together, each under its own key in
+-- `p_scope` (a key appears once), posted in one transaction and one commit. Locks are taken as
+-- a posting alone takes them, keys first, then wallets, then the Treasury: every key in key order
+-- (no group holds a wallet while it waits for a key), then every wallet in ascending id order and
+-- one Treasury shard per asset (ledger_lock_batch). When every key is new and every posting
+-- completes, set-based (ledger_batch_set), each key then stored as wallet_transact stores it;
+-- otherwise each posting runs alone, in order, as wallet_transact (ledger_batch_each), which
+-- decides every other case: a replay, a reused key, a refusal, an unknown user or asset.
+-- Answers {"set": whether the set-based path posted, "results": each posting's answer, as
+-- ledger_batch_op's}.
+DECLARE
+    v_claimed text[];
+    v_results jsonb;
+BEGIN
+    WITH claimed AS (
+        INSERT INTO idempotency_keys (scope, key, fingerprint)
+        SELECT p_scope, o->>'key', decode(o->>'fingerprint', 'hex')
+          FROM jsonb_array_elements(p_ops) o
+         ORDER BY o->>'key'
+        ON CONFLICT DO NOTHING
+        RETURNING key
+    )
+    SELECT coalesce(array_agg(c.key), '{}') INTO v_claimed FROM claimed c;
+    IF cardinality(v_claimed) = jsonb_array_length(p_ops) THEN
+        BEGIN
+            v_results := ledger_batch_set(p_ops, p_principal, ledger_lock_batch(p_ops));
+            IF v_results IS NULL THEN
+                RAISE EXCEPTION 'a posting of the group does not complete' USING ERRCODE = 'W0300';
+            END IF;
+        EXCEPTION WHEN SQLSTATE 'W0300' THEN
+            NULL;  -- leaving the block undid its locks and pins; the keys stay claimed
+        END;
+        IF v_results IS NOT NULL THEN
+            UPDATE idempotency_keys k
+               SET outcome = 'COMPLETED', transaction_id = (r.v->>'transactionId')::uuid,
+                   balance_before = (r.v->>'balanceBefore')::bigint,
+                   balance_after = (r.v->>'balanceAfter')::bigint
+              FROM jsonb_array_elements(p_ops) WITH ORDINALITY o (v, i)
+              JOIN jsonb_array_elements(v_results) WITH ORDINALITY r (v, i) USING (i)
+             WHERE k.scope = p_scope AND k.key = o.v->>'key';
+            RETURN jsonb_build_object('set', true, 'results', v_results);
+        END IF;
+    END IF;
+    PERFORM ledger_lock_batch(p_ops);
+    RETURN jsonb_build_object(
+        'set', false, 'results', ledger_batch_each(p_ops, p_scope, p_principal, v_claimed));
 END $$;
