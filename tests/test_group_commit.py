@@ -150,6 +150,11 @@ async def test_a_group_answers_every_posting_exactly_as_alone(
     async with _groups(database_url) as (groups, pool, metrics):
         first = await groups.transact(earlier[0], key=earlier[1], principal="group-test")
         answers = await _queued(groups, pool, postings)
+        async with pool.acquire() as conn:  # an error keeps no key: a corrected retry can run
+            kept = await conn.fetchval(
+                "SELECT count(*) FROM idempotency_keys WHERE key = ANY($1::text[])",
+                [postings[2][1], postings[3][1]],
+            )
     # Two calls, each posting its group one by one: a key appears once in a group, so the reused
     # key and the second send of `twice` wait for the second.
     assert metrics.group_commits.labels("each")._value.get() == 2
@@ -161,10 +166,13 @@ async def test_a_group_answers_every_posting_exactly_as_alone(
     assert (refused.outcome, refused.balance_before) == ("INSUFFICIENT_FUNDS", 5)
     assert isinstance(no_user, UserNotFound)
     assert isinstance(no_asset, AssetNotFound)
+    assert no_user.message == f"User {postings[2][0].user_id} not found."  # as alone
+    assert kept == 0
     assert isinstance(replay, ledger.TransactOutcome)
     assert replay.replayed
     assert replay.transaction_id == first.transaction_id
     assert isinstance(reused, IdempotencyKeyReused)
+    assert reused.details == {"originalTransactionId": str(first.transaction_id)}
     assert isinstance(once, ledger.TransactOutcome)
     assert isinstance(again, ledger.TransactOutcome)
     assert (once.outcome, again.outcome) == ("COMPLETED", "COMPLETED")
@@ -298,3 +306,49 @@ async def test_concurrent_groups_of_two_processes_post_each_key_once(
     async with engine.connect() as conn:
         report = await audit(conn)
     assert report.ok, report.render()
+
+
+async def test_a_group_finds_its_keys_by_the_primary_key_whatever_the_statistics(
+    database_url: str, factory: Factory
+) -> None:
+    """A scope the statistics counted as rare (a new API key's) that has since gained thousands
+    of keys: storing a group's outcomes reads its own keys through the primary key, not every
+    key of the scope (a plan from those statistics once made an API key's groups 4x dearer)."""
+    user = await factory.user(gold=0)
+    scope = f"rare-{uuid.uuid4()}"
+    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        await conn.execute(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint) VALUES ($1, 'first', '\\x00')",
+            scope,
+        )
+        await conn.execute("ANALYZE idempotency_keys")
+        await conn.execute(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint)"
+            " SELECT $1, 'old-' || n, '\\x00' FROM generate_series(1, 5000) n",
+            scope,
+        )
+
+        async def pk_reads() -> int:
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            return int(
+                await conn.fetchval(
+                    "SELECT idx_tup_read FROM pg_stat_user_indexes"
+                    " WHERE indexrelname = 'pk_idempotency_keys'"
+                )
+            )
+
+        group = [ledger.BatchOperation(_gold(user, 1), _key()) for _ in range(4)]
+        for _ in range(6):  # past PL/pgSQL's first custom plans, to the one it keeps
+            before = await pk_reads()
+            posted = await ledger.transact_group_pg(
+                conn, [ledger.BatchOperation(o.request, _key()) for o in group], principal=scope
+            )
+            assert posted.together
+            read = await pk_reads() - before
+            assert read < 500, f"storing 4 outcomes read {read} index entries"
+    finally:
+        await conn.execute("DELETE FROM idempotency_keys WHERE scope = $1", scope)
+        await conn.close()
+    assert await factory.balance(user) == 24

@@ -1114,13 +1114,19 @@ BEGIN
             NULL;  -- leaving the block undid its locks and pins; the keys stay claimed
         END;
         IF v_results IS NOT NULL THEN
-            UPDATE idempotency_keys k
-               SET outcome = 'COMPLETED', transaction_id = (r.v->>'transactionId')::uuid,
-                   balance_before = (r.v->>'balanceBefore')::bigint,
-                   balance_after = (r.v->>'balanceAfter')::bigint
+            -- Each claimed row, stored as ON CONFLICT finds it: through the primary key, one
+            -- row at a time. (An UPDATE joined on the keys is planned from the scope's
+            -- statistics; for a scope they counted as rare it walked all its keys.)
+            INSERT INTO idempotency_keys AS k (scope, key, fingerprint, outcome, transaction_id,
+                                               balance_before, balance_after)
+            SELECT p_scope, o.v->>'key', decode(o.v->>'fingerprint', 'hex'), 'COMPLETED',
+                   (r.v->>'transactionId')::uuid, (r.v->>'balanceBefore')::bigint,
+                   (r.v->>'balanceAfter')::bigint
               FROM jsonb_array_elements(p_ops) WITH ORDINALITY o (v, i)
               JOIN jsonb_array_elements(v_results) WITH ORDINALITY r (v, i) USING (i)
-             WHERE k.scope = p_scope AND k.key = o.v->>'key';
+            ON CONFLICT (scope, key) DO UPDATE
+               SET outcome = excluded.outcome, transaction_id = excluded.transaction_id,
+                   balance_before = excluded.balance_before, balance_after = excluded.balance_after;
             RETURN jsonb_build_object('set', true, 'results', v_results);
         END IF;
     END IF;
