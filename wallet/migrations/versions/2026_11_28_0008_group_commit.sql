@@ -18,8 +18,7 @@
 -- * Raised SQLSTATEs: W0001 user not found, W0002 asset not found, W0003 transaction not found,
 --   W0004 hold not found, W0005 invalid batch operation, W0008 a transfer to its sender,
 --   W0100 unbalanced, W0101 append-only,
---   W0103 the asset's whole Treasury has no room; W0300 (raised and caught inside
---   wallet_transact_group) a group whose set-based attempt is undone.
+--   W0103 the asset's whole Treasury has no room.
 
 CREATE OR REPLACE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
 -- At commit, once per transaction: at least two entries, all in the transaction's asset, with
@@ -1093,6 +1092,7 @@ RETURNS jsonb LANGUAGE plpgsql AS $$
 -- ledger_batch_op's}.
 DECLARE
     v_claimed text[];
+    v_pins jsonb;
     v_results jsonb;
 BEGIN
     WITH claimed AS (
@@ -1104,15 +1104,9 @@ BEGIN
         RETURNING key
     )
     SELECT coalesce(array_agg(c.key), '{}') INTO v_claimed FROM claimed c;
+    v_pins := ledger_lock_batch(p_ops);
     IF cardinality(v_claimed) = jsonb_array_length(p_ops) THEN
-        BEGIN
-            v_results := ledger_batch_set(p_ops, p_principal, ledger_lock_batch(p_ops));
-            IF v_results IS NULL THEN
-                RAISE EXCEPTION 'a posting of the group does not complete' USING ERRCODE = 'W0300';
-            END IF;
-        EXCEPTION WHEN SQLSTATE 'W0300' THEN
-            NULL;  -- leaving the block undid its locks and pins; the keys stay claimed
-        END;
+        v_results := ledger_batch_set(p_ops, p_principal, v_pins);  -- NULL: nothing written
         IF v_results IS NOT NULL THEN
             -- Each claimed row, stored as ON CONFLICT finds it: through the primary key, one
             -- row at a time. (An UPDATE joined on the keys is planned from the scope's
@@ -1130,7 +1124,6 @@ BEGIN
             RETURN jsonb_build_object('set', true, 'results', v_results);
         END IF;
     END IF;
-    PERFORM ledger_lock_batch(p_ops);
     RETURN jsonb_build_object(
         'set', false, 'results', ledger_batch_each(p_ops, p_scope, p_principal, v_claimed));
 END $$;
