@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, TypeGuard, cast
 
 import structlog
-from graphql import GraphQLError, GraphQLSyntaxError
+from graphql import (
+    DocumentNode,
+    GraphQLError,
+    GraphQLSyntaxError,
+    OperationDefinitionNode,
+    OperationType,
+    execute,
+)
 from graphql.validation.validate import ValidationAbortedError
 from strawberry import Schema
+from strawberry.execution import optimized_is_awaitable
 from strawberry.extensions import (
     DisableIntrospection,
     MaskErrors,
@@ -21,7 +29,7 @@ from strawberry.extensions import (
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.exceptions import CannotGetOperationTypeError
 from strawberry.types import ExecutionContext, ExecutionResult
-from strawberry.types.graphql import OperationType
+from strawberry.types.graphql import OperationType as StrawberryOperationType
 
 from wallet.errors import WalletError
 from wallet.http import map_database_error
@@ -36,7 +44,9 @@ log = structlog.get_logger("wallet.graphql")
 
 # graphql-core's suggestions (" Did you mean 'wallet'?"); names never contain "?".
 _SUGGESTION: Final = re.compile(r" Did you mean [^?]*\?")
-_EVERY_OPERATION: Final = frozenset(OperationType)
+# Strawberry's own check, as its execute passes it to graphql-core.
+_IS_AWAITABLE: Final = cast("Callable[[Any], TypeGuard[Awaitable[Any]]]", optimized_is_awaitable)
+_EVERY_OPERATION: Final = frozenset(StrawberryOperationType)
 
 
 def is_unexpected(error: GraphQLError) -> bool:
@@ -116,6 +126,7 @@ class ShapeErrors(MaskErrors):
 class WalletSchema(Schema):
     hide_suggestions: bool = False
     validator: DocumentValidator | None = None  # set by build_schema; its counts help tests
+    known_runs = 0  # operations execute_known ran (a count for tests, as the validator's)
 
     async def execute(
         self,
@@ -124,12 +135,14 @@ class WalletSchema(Schema):
         context_value: Any | None = None,
         root_value: Any | None = None,
         operation_name: str | None = None,
-        allowed_operation_types: Iterable[OperationType] | None = None,
+        allowed_operation_types: Iterable[StrawberryOperationType] | None = None,
         operation_extensions: dict[str, Any] | None = None,
     ) -> ExecutionResult:
         """Never a subscription (they stream over WebSocket: a POST gets a 400); and errors
         raised past the extensions (Strawberry turns them into results) are shaped too."""
-        allowed = set(allowed_operation_types or _EVERY_OPERATION) - {OperationType.SUBSCRIPTION}
+        allowed = set(allowed_operation_types or _EVERY_OPERATION) - {
+            StrawberryOperationType.SUBSCRIPTION
+        }
         result = await super().execute(
             query,
             variable_values,
@@ -147,11 +160,72 @@ class WalletSchema(Schema):
             ]
         return result
 
+    async def execute_known(
+        self,
+        query: str,
+        variable_values: dict[str, Any] | None,
+        context_value: Any,
+        operation_name: str | None,
+    ) -> ExecutionResult | None:
+        """A query or mutation of a document `execute` accepted before, run straight on
+        graphql-core, past Strawberry's per-operation pipeline; None when `execute` must run it.
+
+        What that pipeline would do for such a document is done here or was done once: the
+        token limit, parsing and every validation rule gave this document (the validator keeps
+        it only then), no schema extension wraps resolvers (`build_schema` adds none), and every
+        error is shaped as `ShapeErrors` and `execute` shape it. Anything else (a document not
+        seen or refused, an operation to pick or not found, a subscription) returns None.
+        """
+        document = self.validator.accepted(query) if self.validator is not None else None
+        if document is None:
+            return None
+        operation = _operation(document, operation_name)
+        if operation is None or operation.operation is OperationType.SUBSCRIPTION:
+            return None
+        self.known_runs += 1
+        try:
+            result = execute(
+                self._schema,
+                document,
+                context_value=context_value,
+                variable_values=variable_values,
+                operation_name=operation_name,
+                executor_class=self.execution_context_class,
+                is_awaitable=_IS_AWAITABLE,
+            )
+            done = await result if isinstance(result, Awaitable) else result
+            data, errors = done.data, done.errors
+        except Exception as exc:  # as Strawberry's execute: an error, then masked
+            data, errors = None, [GraphQLError(str(exc), original_error=exc)]
+        if errors:
+            request_id = getattr(context_value, "request_id", "-")
+            errors = [
+                shape_error(e, request_id=request_id, hide_suggestions=self.hide_suggestions)
+                for e in errors
+            ]
+        return ExecutionResult(data=data, errors=errors or None)
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
         """Errors in a client's document are the client's business, not the log's; unexpected
         ones were logged, with their request id, by ShapeErrors."""
+
+
+def _operation(
+    document: DocumentNode, operation_name: str | None
+) -> OperationDefinitionNode | None:
+    """The operation to run: the one named, or the only one when none is named."""
+    found = None
+    for definition in document.definitions:
+        if isinstance(definition, OperationDefinitionNode):
+            if operation_name is None:
+                if found is not None:
+                    return None  # several: ValidateDocuments refuses the document unnamed
+                found = definition
+            elif definition.name is not None and definition.name.value == operation_name:
+                return definition
+    return found if operation_name is None else None
 
 
 def build_schema(settings: Settings) -> WalletSchema:

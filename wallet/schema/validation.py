@@ -31,7 +31,8 @@ STRAWBERRY_RULES: Rules = (MaybeNullValidationRule, OneOfInputValidationRule)
 
 class DocumentValidator:
     """Validates documents for one schema and remembers the verdicts (an LRU keyed by the query
-    text and the rule classes: make the rules once, or nothing is ever found again)."""
+    text and the rule classes: make the rules once, or nothing is ever found again), and the
+    documents it accepted under the schema's rules (for `WalletSchema.execute_known`)."""
 
     def __init__(
         self, limits: type[ASTValidationRule], *, hide_suggestions: bool, maxsize: int = 256
@@ -41,6 +42,20 @@ class DocumentValidator:
         self.maxsize = maxsize
         self.hits = self.misses = 0
         self._verdicts: OrderedDict[tuple[str, Rules], list[GraphQLError]] = OrderedDict()
+        self._accepted: OrderedDict[str, DocumentNode] = OrderedDict()
+
+    def accepted(self, query: str) -> DocumentNode | None:
+        """The document of `query` if the full pipeline parsed it (within the token limit) and
+        found no error in it under every rule it runs; else None."""
+        document = self._accepted.get(query)
+        if document is not None:
+            self._accepted.move_to_end(query)
+        return document
+
+    def accept(self, query: str, document: DocumentNode) -> None:
+        self._accepted[query] = document
+        if len(self._accepted) > self.maxsize:
+            self._accepted.popitem(last=False)
 
     def validate(
         self, schema: GraphQLSchema, document: DocumentNode, rules: Rules, query: str | None
@@ -83,6 +98,8 @@ class ValidateDocuments(SchemaExtension):
             context.validation_rules,
             context.query,
         )
+        if not errors and context.query is not None:
+            self.validator.accept(context.query, context.graphql_document)
         # The name the client sent, not Strawberry's guess (the first operation's name).
         if not errors and context._provided_operation_name is None:
             operations = [
