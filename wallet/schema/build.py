@@ -33,6 +33,7 @@ from strawberry.types.graphql import OperationType as StrawberryOperationType
 
 from wallet.errors import WalletError
 from wallet.http import map_database_error
+from wallet.schema.conversion import compile_inputs
 from wallet.schema.execution import PlannedExecutor
 from wallet.schema.limits import TOO_COMPLEX, Limits, limits_rule
 from wallet.schema.root import Mutation, Query, Subscription
@@ -260,6 +261,7 @@ def build_schema(settings: Settings) -> WalletSchema:
         config=StrawberryConfig(scalar_map=SCALARS),
     )
     schema.hide_suggestions = production
+    compile_inputs(schema)
     schema.validator = validator
     return schema
 
