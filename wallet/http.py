@@ -54,7 +54,9 @@ class JSONResponse(Response):
 
 def iso(moment: datetime) -> str:
     """UTC, microseconds, `Z` suffix: sortable and unambiguous for every client."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:  # what the database gives is UTC already
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"  # UTC's "+00:00" ends it
 
 
 def ok(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> JSONResponse:
