@@ -1464,6 +1464,27 @@ async def test_a_page_of_a_long_history_reads_the_page_not_the_history(
     assert rows_read(nodes) < 100, scans
 
 
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+async def test_a_page_looks_for_a_counterparty_only_on_transfers_and_reversals(
+    engine: AsyncEngine, factory: Factory, mode: str
+) -> None:
+    """Only a TRANSFER or a REVERSAL has another user: a page of four TOPUPs and a TRANSFER
+    looks up the other side of one entry, and finds it."""
+    user, other = await factory.user(gold=10), await factory.user()
+    for _ in range(3):
+        await factory.transact(user, 1, "TOPUP")
+    async with engine.begin() as conn:
+        request = ledger.TransferRequest(user, other, "gold_coins", 4)
+        await ledger.transfer(conn, request, key=str(uuid.uuid4()), principal="")
+    nodes, items = await explain_history(engine, user, ledger.HistoryFilter(), mode=mode)
+    lookups = [n for n in nodes if n.get("Parent Relationship") == "SubPlan"]
+    assert sum(int(n.get("Actual Loops", 0)) for n in lookups) == 1
+    assert [(i.type, i.counterparty_user_id) for i in items] == [
+        ("TRANSFER", other),
+        *[("TOPUP", None)] * 4,
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("whose", ["other", "small"])
 async def test_a_page_is_planned_once_per_connection_not_at_every_page(
