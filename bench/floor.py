@@ -35,7 +35,7 @@ from starlette.routing import Route
 from strawberry.asgi import GraphQL
 from strawberry.extensions import ParserCache, ValidationCache
 
-from wallet.ledger.balances import WALLETS_BY_ID_SQL
+from wallet.ledger.balances import WALLET_BY_ID_SQL
 from wallet.ledger.common import encode_cursor
 from wallet.ledger.history import HistoryFilter, history_statement
 
@@ -132,7 +132,7 @@ class FloorWallet:
 class FloorQuery:
     @strawberry.field
     async def wallet(self, info: strawberry.Info, user_id: uuid.UUID) -> FloorWallet | None:
-        rows = await info.context["pool"].fetch(WALLETS_BY_ID_SQL, [str(user_id)])
+        rows = await info.context["pool"].fetch(WALLET_BY_ID_SQL, user_id)
         if not rows:
             return None
         balances = [
