@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import strawberry
 from graphql import (
     GraphQLEnumType,
     GraphQLInputObjectType,
@@ -21,6 +22,7 @@ from strawberry.types.arguments import convert_argument
 from strawberry.types.base import StrawberryObjectDefinition
 
 from wallet.schema.build import WalletSchema, build_schema
+from wallet.schema.conversion import compile_inputs
 from wallet.settings import Settings
 
 SCHEMA = build_schema(Settings(database_url="postgresql://unused"))
@@ -101,3 +103,35 @@ def _definitions() -> list[StrawberryObjectDefinition]:
         assert isinstance(definition, StrawberryObjectDefinition)
         found.append(definition)
     return found
+
+
+@strawberry.input
+class MaybePatch:
+    name: strawberry.Maybe[str]
+    note: str | None = None
+
+
+@strawberry.input
+class PlainPatch:
+    note: str
+
+
+@strawberry.type
+class MaybeQuery:
+    @strawberry.field
+    def patch(self, patch: MaybePatch, plain: PlainPatch) -> str:
+        return f"{patch.name!r} {plain.note}"
+
+
+def test_an_input_with_a_maybe_field_is_left_to_strawberry() -> None:
+    """Strawberry wraps a Maybe field's value, and its Maybe validation rule skips every type
+    that has a from_input: such a type keeps Strawberry's own conversion."""
+    schema = strawberry.Schema(query=MaybeQuery)
+    compile_inputs(schema)
+    assert MaybePatch.__strawberry_definition__.from_input is None  # type: ignore[attr-defined]
+    assert PlainPatch.__strawberry_definition__.from_input is not None  # type: ignore[attr-defined]
+    result = schema.execute_sync('{ patch(patch: {name: "a"}, plain: {note: "b"}) }')
+    assert result.errors is None
+    assert result.data == {"patch": "Some('a') b"}
+    refused = schema.execute_sync('{ patch(patch: {name: null}, plain: {note: "b"}) }')
+    assert refused.errors  # Maybe[str] cannot be null: the rule still runs

@@ -102,8 +102,9 @@ class WalletGraphQL(GraphQL[Context, None]):
         the body read here stays on `request` for the view."""
         if request.method != "POST":
             return None
-        media_type = request.headers.get("content-type", "").partition(";")[0].strip()
-        if media_type.lower() != "application/json":
+        # Exactly application/json: Strawberry refuses what its own check does not take (it
+        # is case-sensitive), so anything else must meet that check, on the full path.
+        if request.headers.get("content-type", "").partition(";")[0].strip() != "application/json":
             return None
         data = self.decode_json(await request.body())
         assert isinstance(data, dict)  # the strict reader takes only an object

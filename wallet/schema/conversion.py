@@ -2,12 +2,12 @@
 
 For every input object of every request, Strawberry converts each field's name, resolves each
 field's type annotation and dispatches on that type: a TOPUP's input is 7 such fields, a batch
-of 1,000 operations 9,000. `compile_inputs` gives each input type of the schema its own
-converter, made once, through `from_input` (Strawberry's hook for a type that builds its own
-value). It does what Strawberry does, in the same order: a field the client omitted that has
-no default is None, one that has a default is left to it; a scalar or an enum is taken as
-graphql-core coerced it (Strawberry passes those on unchanged); anything else (a nested input,
-a list) is converted by Strawberry, which finds the nested type's own converter.
+of 1,000 operations 9,000. `compile_inputs` gives each input type of the schema (but one with a
+`Maybe` field) its own converter, made once, through `from_input` (Strawberry's hook for a type
+that builds its own value). It does what Strawberry does, in the same order: a field the client
+omitted that has no default is None, one that has a default is left to it; a scalar or an enum
+is taken as graphql-core coerced it (Strawberry passes those on unchanged); anything else (a
+nested input, a list) is converted by Strawberry, which finds the nested type's own converter.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from graphql import (
 from strawberry import Schema
 from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types.arguments import InputContext
-from strawberry.types.base import StrawberryObjectDefinition
+from strawberry.types.base import StrawberryMaybe, StrawberryObjectDefinition
 
 FromInput = Callable[[type, Mapping[str, Any], InputContext], Any]
 # (GraphQL name, Python name, the field's Strawberry type, taken as it is)
@@ -39,7 +39,13 @@ def compile_inputs(schema: Schema) -> None:
         if not isinstance(named, GraphQLInputObjectType):
             continue
         definition = named.extensions.get(GraphQLCoreConverter.DEFINITION_BACKREF)
-        if isinstance(definition, StrawberryObjectDefinition) and definition.from_input is None:
+        if (
+            isinstance(definition, StrawberryObjectDefinition)
+            and definition.from_input is None
+            # A Maybe field is Strawberry's to convert (it wraps the value, and its validation
+            # rule skips every type that has a from_input).
+            and not any(isinstance(f.type, StrawberryMaybe) for f in definition.fields)
+        ):
             definition.from_input = _converter(schema, definition, named)
 
 
