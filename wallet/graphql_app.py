@@ -43,10 +43,10 @@ _HTTP_CODES: Final = {400: "VALIDATION_ERROR", 404: "NOT_FOUND", 405: "METHOD_NO
 
 
 class WalletGraphQL(GraphQL[Context, None]):
-    schema: WalletSchema
-
     """Strawberry's ASGI view with our context, our GraphiQL page and JSON-only errors; its
     WebSockets check every frame and operation as HTTP checks a request (see graphql_ws)."""
+
+    schema: WalletSchema
 
     websocket_adapter_class = WalletWebSocketAdapter
     graphql_transport_ws_handler_class = WalletTransportWSHandler
