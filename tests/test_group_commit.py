@@ -350,3 +350,28 @@ async def test_a_group_finds_its_keys_by_the_primary_key_whatever_the_statistics
         await conn.execute("DELETE FROM idempotency_keys WHERE scope = $1", scope)
         await conn.close()
     assert await factory.balance(user) == 24
+
+
+async def test_a_group_holding_a_transfer_is_refused_before_anything_posts(
+    database_url: str, factory: Factory
+) -> None:
+    """A group is TOPUP, BONUS and SPEND only: anything else is refused before the call, so no
+    posting of it is half answered."""
+    user, other = await factory.user(gold=5), await factory.user()
+    transfer = ledger.TransferRequest(user, other, "gold_coins", 2)
+    group = [
+        ledger.BatchOperation(_gold(user, 1), _key()),
+        ledger.BatchOperation(transfer, _key()),
+    ]
+    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        with pytest.raises(TypeError):
+            await ledger.transact_group_pg(conn, group, principal="")
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM idempotency_keys WHERE key = ANY($1::text[])",
+            [o.key for o in group],
+        )
+    finally:
+        await conn.close()
+    assert stored == 0
+    assert (await factory.balance(user), await factory.balance(other)) == (5, 0)

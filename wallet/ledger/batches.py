@@ -172,16 +172,17 @@ async def transact_group_pg(
     """Post keyed TOPUP, BONUS and SPEND operations of one principal (each key once) in one
     transaction: set-based when every key is new and every posting completes, else each alone
     in order, as its own route would; either way one call and one commit."""
+    requests = [o.request for o in group if isinstance(o.request, TransactRequest)]
+    if len(requests) != len(group):  # checked before anything is posted
+        raise TypeError("a group holds TOPUP, BONUS and SPEND only")
     raw = await conn.fetchval(
         _GROUP_PG, principal, orjson.dumps([o.payload() for o in group]).decode(), principal
     )
     posted = orjson.loads(raw)
     answers: list[TransactOutcome | WalletError] = []
-    for operation, result in zip(group, posted["results"], strict=True):
-        if not isinstance(operation.request, TransactRequest):
-            raise TypeError("a group holds TOPUP, BONUS and SPEND only")
+    for request, result in zip(requests, posted["results"], strict=True):
         try:
-            answers.append(transact_answer(result, operation.request))
+            answers.append(transact_answer(result, request))
         except WalletError as error:
             answers.append(error)
     return GroupPosted(answers=answers, together=posted["set"])
