@@ -7,6 +7,7 @@ import uuid
 from collections import Counter
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -215,5 +216,76 @@ async def test_postings_proceed_while_another_posting_holds_its_locks(
                 )
             ).scalars()
             assert sorted(shards) == [0, len(others)]  # all took the shard nobody held
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("first", "end", "outcome", "before", "after"),
+    [
+        (("SPEND", 3), "commit", "INSUFFICIENT_FUNDS", 2, 2),
+        (("TOPUP", 10), "commit", "COMPLETED", 15, 10),
+        (("SPEND", 3), "rollback", "COMPLETED", 5, 0),
+    ],
+    ids=["spent first", "topped up first", "rolled back first"],
+)
+async def test_a_posting_that_waited_for_its_wallet_is_judged_on_the_balance_it_finds(
+    database_url: str,
+    factory: Factory,
+    first: tuple[str, int],
+    end: str,
+    outcome: str,
+    before: int,
+    after: int,
+) -> None:
+    """A SPEND of 5 on a wallet of 5 waits for another posting on the wallet to end.
+
+    The SPEND locks and moves the wallet in one UPDATE when it fits; PostgreSQL evaluates that
+    condition again on the row the other posting left, and a SPEND that no longer fits takes
+    the path that locks the wallet and refuses it on that balance."""
+    user = await factory.user(gold=5)
+    engine = create_engine(database_url, pool_size=3)
+    try:
+        async with engine.connect() as holder:
+            trans = await holder.begin()
+            kind, amount = first
+            await ledger.transact(
+                holder,
+                ledger.TransactRequest(user, "gold_coins", amount, kind),  # type: ignore[arg-type]
+                key=str(uuid.uuid4()),
+                principal="",
+            )
+
+            async def spend() -> ledger.TransactOutcome:
+                async with engine.begin() as conn:
+                    return await ledger.transact(
+                        conn,
+                        ledger.TransactRequest(user, "gold_coins", 5, "SPEND"),
+                        key=str(uuid.uuid4()),
+                        principal="",
+                    )
+
+            waiting = asyncio.create_task(spend())
+            async with engine.connect() as watcher:
+                for _ in range(200):  # until the SPEND waits for the wallet's row lock
+                    waits = await watcher.scalar(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname ="
+                            " current_database() AND wait_event_type = 'Lock'"
+                        )
+                    )
+                    if waits:
+                        break
+                    await asyncio.sleep(0.02)
+                assert waits == 1
+            assert not waiting.done()
+            await (trans.commit() if end == "commit" else trans.rollback())
+            result = await waiting
+        assert (result.outcome, result.balance_before, result.balance_after) == (
+            outcome,
+            before,
+            after,
+        )
+        assert await factory.balance(user) == after
     finally:
         await engine.dispose()

@@ -53,27 +53,64 @@ async def _insert_entry(
     await _insert_entries(conn, txn, asset_id, [(account, direction, amount)])
 
 
+_LEGS = (
+    "SELECT :txn, leg.account, :asset, leg.direction, leg.amount, 0,"
+    " 1000000 + floor(random() * 1e9)"
+    " FROM unnest(CAST(:accounts AS bigint[]), CAST(:directions AS text[]),"
+    " CAST(:amounts AS bigint[])) AS leg (account, direction, amount)"
+)
+_ENTRIES = (
+    "INSERT INTO entries (transaction_id, account_id, asset_id, direction, amount,"
+    " balance_after, account_version) "
+)
+
+
+_TRANSACTION = (
+    "INSERT INTO transactions (id, type, asset_id, user_id, amount)"
+    " VALUES (:txn, 'TOPUP', :transaction_asset, :user, :amount)"
+)
+_POST = f"WITH posted AS ({_TRANSACTION}) {_ENTRIES}{_LEGS}"
+_ENTRIES_ALONE = f"{_ENTRIES}{_LEGS}"
+
+
+def _legs(txn: uuid.UUID, asset_id: int, legs: list[tuple[int, str, int]]) -> dict[str, object]:
+    return {
+        "txn": txn,
+        "asset": asset_id,
+        "accounts": [leg[0] for leg in legs],
+        "directions": [leg[1] for leg in legs],
+        "amounts": [leg[2] for leg in legs],
+    }
+
+
 async def _insert_entries(
     conn: AsyncConnection, txn: uuid.UUID, asset_id: int, legs: list[tuple[int, str, int]]
 ) -> None:
-    """Entries of one transaction in one statement, the way postings write them."""
+    """Entries of an existing transaction, in a statement of their own."""
+    await conn.execute(text(_ENTRIES_ALONE), _legs(txn, asset_id, legs))
+
+
+async def _post(
+    conn: AsyncConnection,
+    user_id: uuid.UUID,
+    asset_id: int,
+    amount: int,
+    legs: list[tuple[int, str, int]],
+    *,
+    transaction_asset: int | None = None,
+) -> uuid.UUID:
+    """A transaction and its entries in one statement, the way postings write them."""
+    txn = uuid.uuid4()
     await conn.execute(
-        text(
-            "INSERT INTO entries (transaction_id, account_id, asset_id, direction, amount,"
-            " balance_after, account_version)"
-            " SELECT :txn, leg.account, :asset, leg.direction, leg.amount, 0,"
-            " 1000000 + floor(random() * 1e9)"
-            " FROM unnest(CAST(:accounts AS bigint[]), CAST(:directions AS text[]),"
-            " CAST(:amounts AS bigint[])) AS leg (account, direction, amount)"
-        ),
+        text(_POST),
         {
-            "txn": txn,
-            "asset": asset_id,
-            "accounts": [leg[0] for leg in legs],
-            "directions": [leg[1] for leg in legs],
-            "amounts": [leg[2] for leg in legs],
+            **_legs(txn, asset_id, legs),
+            "transaction_asset": asset_id if transaction_asset is None else transaction_asset,
+            "user": user_id,
+            "amount": amount,
         },
     )
+    return txn
 
 
 @pytest.mark.parametrize(
@@ -100,21 +137,20 @@ async def test_ledger_tables_are_append_only(
     assert await factory.balance(user) == 10
 
 
-async def test_one_sided_transaction_is_rejected_at_commit(
-    engine: AsyncEngine, factory: Factory
-) -> None:
+async def test_one_sided_transaction_is_rejected(engine: AsyncEngine, factory: Factory) -> None:
     user = await factory.user(gold=1)
     with pytest.raises(DBAPIError) as caught:
         async with engine.begin() as conn:
             user_acc, _, asset = await _accounts(conn, user)
-            txn = await _insert_transaction(conn, user, asset, 5)
-            await _insert_entry(conn, txn, user_acc, asset, "CREDIT", 5)
+            await _post(conn, user, asset, 5, [(user_acc, "CREDIT", 5)])
     assert sqlstate(caught.value) == "W0100"
 
 
 async def test_transaction_without_entries_is_rejected(
     engine: AsyncEngine, factory: Factory
 ) -> None:
+    """Refused by its own INSERT: a transaction's entries come in the statement that writes it
+    (migration 0009), so entries written by a later statement never make it balanced."""
     user = await factory.user(gold=1)
     with pytest.raises(DBAPIError) as caught:
         async with engine.begin() as conn:
@@ -139,11 +175,11 @@ async def test_unbalanced_pair_is_rejected(
     with pytest.raises(DBAPIError) as caught:
         async with engine.begin() as conn:
             user_acc, treasury, asset = await _accounts(conn, user)
-            txn = await _insert_transaction(conn, user, asset, 5)
-            await _insert_entries(
+            await _post(
                 conn,
-                txn,
+                user,
                 asset,
+                5,
                 [(treasury, directions[0], debit), (user_acc, directions[1], credit)],
             )
     assert sqlstate(caught.value) == "W0100"
@@ -156,9 +192,7 @@ async def test_entries_cannot_be_added_to_a_committed_transaction(
     user = await factory.user(gold=1)
     async with engine.begin() as conn:
         user_acc, treasury, asset = await _accounts(conn, user)
-        txn = await _insert_transaction(conn, user, asset, 5)
-        await _insert_entries(conn, txn, asset, [(treasury, "DEBIT", 5), (user_acc, "CREDIT", 5)])
-        await conn.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))
+        await _post(conn, user, asset, 5, [(treasury, "DEBIT", 5), (user_acc, "CREDIT", 5)])
         await conn.rollback()
     with pytest.raises(DBAPIError) as caught:
         async with engine.begin() as conn:
@@ -196,10 +230,8 @@ async def test_a_balanced_hand_written_transaction_is_accepted(
     async with engine.connect() as conn:
         trans = await conn.begin()
         user_acc, treasury, asset = await _accounts(conn, user)
-        txn = await _insert_transaction(conn, user, asset, 5)
-        await _insert_entries(conn, txn, asset, [(treasury, "DEBIT", 5), (user_acc, "CREDIT", 5)])
-        await conn.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))  # runs the deferred check now
-        await trans.rollback()
+        await _post(conn, user, asset, 5, [(treasury, "DEBIT", 5), (user_acc, "CREDIT", 5)])
+        await trans.rollback()  # both triggers ran at the end of that statement
 
 
 async def test_user_balance_cannot_go_negative(engine: AsyncEngine, factory: Factory) -> None:
@@ -248,9 +280,13 @@ async def test_a_transaction_in_an_asset_that_does_not_exist_is_rejected(
         async with engine.begin() as conn:
             user_acc, treasury, asset = await _accounts(conn, user)
             missing = await conn.scalar(text("SELECT max(id) + 1 FROM assets"))
-            txn = await _insert_transaction(conn, user, missing, 5)
-            await _insert_entries(
-                conn, txn, asset, [(treasury, "DEBIT", 5), (user_acc, "CREDIT", 5)]
+            await _post(
+                conn,
+                user,
+                asset,
+                5,
+                [(treasury, "DEBIT", 5), (user_acc, "CREDIT", 5)],
+                transaction_asset=missing,
             )
     assert sqlstate(caught.value) == "W0100"
 
@@ -284,6 +320,11 @@ async def test_a_transaction_in_an_asset_that_does_not_exist_is_rejected(
         "INSERT INTO accounts (asset_id, kind, user_id) VALUES (:asset, 'TREASURY', :u)",
         "INSERT INTO accounts (asset_id, kind, shard) VALUES (:asset, 'USER', 999)",
         "INSERT INTO accounts (asset_id, kind, shard) VALUES (:asset, 'BANK', 999)",
+        "UPDATE accounts SET kind = 'TREASURY' WHERE user_id = :u",
+        "UPDATE accounts SET user_id = NULL WHERE user_id = :u",
+        "UPDATE accounts SET held = balance + 1 WHERE user_id = :u",
+        "UPDATE accounts SET held = -1, balance = balance - 1 WHERE user_id = :u",
+        "UPDATE accounts SET balance = held - 1 WHERE user_id = :u",
     ],
     ids=[
         "transaction type",
@@ -302,12 +343,18 @@ async def test_a_transaction_in_an_asset_that_does_not_exist_is_rejected(
         "treasury with an owner",
         "user wallet without one",
         "account kind",
+        "a wallet made a Treasury shard",
+        "a wallet without its owner",
+        "held past the balance",
+        "held below zero",
+        "balance below held",
     ],
 )
 async def test_each_row_check_still_holds(
     engine: AsyncEngine, factory: Factory, statement: str
 ) -> None:
-    """The checks migration 0007 moved into domains (or merged) refuse what they refused."""
+    """The checks migration 0007 moved into domains (or merged), and migration 0009 split into a
+    trigger on an account's fixed shape and a CHECK on its held amount, refuse what they refused."""
     user = await factory.user(gold=1)
     with pytest.raises(DBAPIError) as caught:
         async with engine.begin() as conn:

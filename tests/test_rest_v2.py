@@ -1240,7 +1240,7 @@ ENTRIES_PER_USER = 200_000
 OTHER_ENTRIES = 5_000
 SMALL_ACCOUNTS = 50_000  # one TOPUP each: most accounts of a real ledger are short
 
-_FILL_TRANSACTIONS = text(
+_FILL_TRANSACTIONS = (
     "INSERT INTO transactions (id, type, asset_id, user_id, amount, principal, reference,"
     "                          metadata, created_at)"
     " SELECT md5(CAST(:u AS text) || i)::uuid, 'TOPUP', :asset, CAST(:u AS uuid), 1, 'bulk',"
@@ -1251,7 +1251,7 @@ _FILL_TRANSACTIONS = text(
 )
 # Each TOPUP of 1: the user's entry (balance i, version i) and the shard's (balance and version
 # running on from where the shard stood), interleaved in time and id as postings make them.
-_FILL_ENTRIES = text(
+_FILL_ENTRIES = (
     "INSERT INTO entries (transaction_id, account_id, asset_id, direction, amount,"
     "                     balance_after, account_version, created_at)"
     " SELECT md5(CAST(:u AS text) || i)::uuid, x.account_id, :asset, x.direction, 1,"
@@ -1263,6 +1263,8 @@ _FILL_ENTRIES = text(
     "          AS x (account_id, direction, base, sign, version)"
     "  ORDER BY i, x.direction"
 )
+# A transaction's entries come in the statement that writes it (migration 0009).
+_FILL = text(f"WITH posted AS ({_FILL_TRANSACTIONS}) {_FILL_ENTRIES}")
 
 
 _SMALL_USERS = text(
@@ -1273,14 +1275,14 @@ _SMALL_ACCOUNTS = text(
     "INSERT INTO accounts (asset_id, kind, user_id, balance, version)"
     " SELECT :asset, 'USER', md5('small' || i)::uuid, 1, 1 FROM generate_series(1, :n) i"
 )
-_SMALL_TRANSACTIONS = text(
+_SMALL_TRANSACTIONS = (
     "INSERT INTO transactions (id, type, asset_id, user_id, amount, principal, created_at)"
     " SELECT md5('small-topup' || i)::uuid, 'TOPUP', :asset, md5('small' || i)::uuid, 1, 'bulk',"
     "        CAST(:t0 AS timestamptz) + i * interval '1 millisecond'"
     "   FROM generate_series(1, :n) i"
 )
 # Each small user's entry (balance 1, version 1) and the shard's, running on from where it stood.
-_SMALL_ENTRIES = text(
+_SMALL_ENTRIES = (
     "INSERT INTO entries (transaction_id, account_id, asset_id, direction, amount,"
     "                     balance_after, account_version, created_at)"
     " SELECT md5('small-topup' || i)::uuid, x.account_id, :asset, x.direction, 1,"
@@ -1293,6 +1295,7 @@ _SMALL_ENTRIES = text(
     "          AS x (account_id, direction, balance, version)"
     "  ORDER BY i, x.direction"
 )
+_SMALL_POSTINGS = text(f"WITH posted AS ({_SMALL_TRANSACTIONS}) {_SMALL_ENTRIES}")
 
 
 @dataclass(frozen=True)
@@ -1328,7 +1331,7 @@ async def _fill_small_accounts(conn: AsyncConnection, *, count: int, t0: datetim
         "shard_balance": shard.balance,
         "shard_version": shard.version,
     }
-    for statement in (_SMALL_USERS, _SMALL_ACCOUNTS, _SMALL_TRANSACTIONS, _SMALL_ENTRIES):
+    for statement in (_SMALL_USERS, _SMALL_ACCOUNTS, _SMALL_POSTINGS):
         await conn.execute(statement, params)
     await conn.execute(
         text("UPDATE accounts SET balance = balance - :n, version = version + :n WHERE id = :id"),
@@ -1354,8 +1357,7 @@ async def _fill_user(
         "shard_balance": shard.balance,
         "shard_version": shard.version,
     }
-    await conn.execute(_FILL_TRANSACTIONS, params)
-    await conn.execute(_FILL_ENTRIES, params)
+    await conn.execute(_FILL, params)
     for account_id, delta in ((account, count), (shard.id, -count)):
         await conn.execute(
             text(

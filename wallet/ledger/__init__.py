@@ -2,14 +2,15 @@
 
 Design note
 -----------
-* Double entry. A transaction is a set of entries of one asset: its debits equal its credits
-  equal its amount (today every posting is one DEBIT and one CREDIT). An account's balance is
-  its credits minus its debits, so the balances of all accounts of an asset sum to zero.
-  PostgreSQL enforces it: a deferred constraint trigger checks each transaction at commit, a
-  statement trigger checks every INSERT on entries (so entries cannot be added to a committed
-  transaction, nor name one that does not exist), triggers reject UPDATE, DELETE and TRUNCATE
-  on transactions and entries. Checks on one column are domains (`ledger_amount`, ...), which
-  PostgreSQL runs only where a value is written, not at every write of the row (migration 0007).
+* Double entry. A transaction is a set of entries of one asset: its debits equal its credits equal
+  its amount (today every posting is one DEBIT and one CREDIT). An account's balance is its
+  credits minus its debits, so the balances of all accounts of an asset sum to zero. PostgreSQL
+  enforces it: a statement trigger checks every INSERT on transactions (each new transaction
+  balanced by entries written in the same statement), another every INSERT on entries (so entries
+  cannot be added to a committed transaction, nor name one that does not exist), triggers reject
+  UPDATE, DELETE and TRUNCATE on transactions and entries. Checks on one column are domains
+  (`ledger_amount`, ...), which PostgreSQL runs only where a value is written, not at every write
+  of the row (migration 0007).
 * Accounts. User wallets (kind USER) and the asset's Treasury (kind TREASURY). TOPUP and BONUS
   debit the Treasury and credit the user; SPEND the other way; TRANSFER debits one user and
   credits another; a REVERSAL runs along its original's legs the other way. The Treasury issues

@@ -6,7 +6,7 @@
 --
 -- Conventions (the design note in wallet/ledger/__init__.py says why):
 -- * An account's balance is its credits minus its debits. A user account (kind USER) never goes
---   below its `held` amount (CHECK ck_accounts_available_non_negative): available = balance - held.
+--   below its `held` amount (CHECK ck_accounts_held): available = balance - held.
 -- * Treasury shards (kind TREASURY) may go negative; a posting touches one at random, as its last
 --   write, never locked up front. A shard without room for the amount is skipped, so no credit
 --   fails because of the shard it drew.
@@ -21,20 +21,16 @@
 --   W0103 the asset's whole Treasury has no room.
 
 CREATE OR REPLACE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
--- At commit, once per transaction: at least two entries, all in the transaction's asset, with
--- debits = credits = the transaction's amount.
-DECLARE
-    n integer; debits numeric; credits numeric; n_bad integer;
+-- After each INSERT statement on transactions: every new transaction has entries, so they came in
+-- this same statement (an entry naming a transaction that did not exist yet was refused by its
+-- own statement), and ledger_check_entries_balanced, run for this statement too, found it
+-- balanced. A transaction and its entries are written by one statement, as every posting does;
+-- entries that a later statement adds are refused by that check.
 BEGIN
-    SELECT count(*),
-           coalesce(sum(e.amount) FILTER (WHERE e.direction = 'DEBIT'), 0),
-           coalesce(sum(e.amount) FILTER (WHERE e.direction = 'CREDIT'), 0),
-           count(*) FILTER (WHERE e.asset_id <> NEW.asset_id)
-      INTO n, debits, credits, n_bad
-      FROM entries e WHERE e.transaction_id = NEW.id;
-    IF n < 2 OR debits <> credits OR debits <> NEW.amount OR n_bad <> 0 THEN
-        RAISE EXCEPTION 'transaction % is unbalanced: % entries, debits %, credits %, amount %',
-            NEW.id, n, debits, credits, NEW.amount USING ERRCODE = 'W0100';
+    IF EXISTS (SELECT 1 FROM new_transactions t
+                WHERE NOT EXISTS (SELECT 1 FROM entries e WHERE e.transaction_id = t.id)) THEN
+        RAISE EXCEPTION 'an INSERT on transactions wrote a transaction without its entries'
+            USING ERRCODE = 'W0100';
     END IF;
     RETURN NULL;
 END $$;
@@ -67,6 +63,20 @@ CREATE OR REPLACE FUNCTION ledger_reject_change() RETURNS trigger LANGUAGE plpgs
 BEGIN
     RAISE EXCEPTION '% on % is not allowed: the ledger is append-only', TG_OP, TG_TABLE_NAME
         USING ERRCODE = 'W0101';
+END $$;
+--;
+CREATE OR REPLACE FUNCTION ledger_check_account_shape() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Before an account is opened or its kind, owner or shard changes: a user's wallet (kind USER,
+-- shard 0) or an asset's Treasury shard (kind TREASURY, no owner). A trigger, not a CHECK: a
+-- CHECK is read back from its text at every statement that writes the table, each posting's
+-- balance updates included, and these columns never change once the account is open.
+BEGIN
+    IF NOT (CASE WHEN NEW.user_id IS NULL THEN NEW.kind = 'TREASURY'
+                 ELSE NEW.kind = 'USER' AND NEW.shard = 0 END) THEN
+        RAISE EXCEPTION 'account %: kind %, owner %, shard % is neither a wallet nor a shard',
+            NEW.id, NEW.kind, NEW.user_id, NEW.shard USING ERRCODE = '23514';
+    END IF;
+    RETURN NEW;
 END $$;
 --;
 CREATE OR REPLACE FUNCTION ledger_claim_key(p_scope text, p_key text, p_fingerprint bytea)
@@ -223,56 +233,69 @@ CREATE OR REPLACE FUNCTION ledger_post_user(
 -- BONUS, the reversal of a SPEND), otherwise the user pays it (SPEND, a capture, the reversal of
 -- a TOPUP or BONUS). `p_release` is held on the user and released by this posting (a capture).
 DECLARE
+    v_delta bigint := CASE WHEN p_credit THEN p_amount ELSE -p_amount END;
     v_account bigint;
     v_balance bigint;
     v_held bigint;
     v_version bigint;
-    v_moved record;
+    v_listening boolean;
     v_treasury record;
 BEGIN
-    SELECT a.id, a.balance, a.held INTO v_account, v_balance, v_held
-      FROM accounts a WHERE a.user_id = p_user AND a.asset_id = p_asset.id FOR UPDATE;
+    -- The common case in one statement: lock the wallet and move it, if the posting fits (the
+    -- condition is evaluated again on the newest row when another posting held it first).
+    UPDATE accounts a
+       SET balance = a.balance + v_delta, held = a.held - p_release, version = a.version + 1
+     WHERE a.user_id = p_user AND a.asset_id = p_asset.id
+       AND CASE WHEN p_credit THEN a.balance <= 9223372036854775807 - p_amount
+                ELSE a.balance - a.held + p_release >= p_amount END
+    RETURNING a.id, a.balance, a.held, a.version, EXISTS (SELECT FROM feed_listeners)
+         INTO v_account, v_balance, v_held, v_version, v_listening;
     IF NOT FOUND THEN
-        PERFORM ledger_require_user(p_user);
-        IF p_credit THEN
-            PERFORM ledger_lock_accounts(p_asset.id, ARRAY[p_user], ARRAY[p_user]);
-            SELECT a.id, a.balance, a.held INTO v_account, v_balance, v_held
-              FROM accounts a WHERE a.user_id = p_user AND a.asset_id = p_asset.id;
-        ELSE
-            v_balance := 0;
-            v_held := 0;
+        -- No wallet yet, or the posting does not fit it: lock it (or open it) and decide.
+        SELECT a.id, a.balance, a.held INTO v_account, v_balance, v_held
+          FROM accounts a WHERE a.user_id = p_user AND a.asset_id = p_asset.id FOR UPDATE;
+        IF NOT FOUND THEN
+            PERFORM ledger_require_user(p_user);
+            IF p_credit THEN
+                PERFORM ledger_lock_accounts(p_asset.id, ARRAY[p_user], ARRAY[p_user]);
+                SELECT a.id, a.balance, a.held INTO v_account, v_balance, v_held
+                  FROM accounts a WHERE a.user_id = p_user AND a.asset_id = p_asset.id;
+            ELSE
+                v_balance := 0;
+                v_held := 0;
+            END IF;
         END IF;
+        posted_at := greatest(p_now, clock_timestamp());
+        balance_before := v_balance;
+        balance_after := v_balance;
+        available := v_balance - v_held;
+        IF NOT p_credit AND v_balance - v_held + p_release < p_amount THEN
+            outcome := 'INSUFFICIENT_FUNDS';
+            RETURN;
+        END IF;
+        IF p_credit AND v_balance > 9223372036854775807 - p_amount THEN
+            outcome := 'BALANCE_LIMIT_EXCEEDED';
+            RETURN;
+        END IF;
+        UPDATE accounts a
+           SET balance = a.balance + v_delta, held = a.held - p_release, version = a.version + 1
+         WHERE a.id = v_account
+        RETURNING a.balance, a.held, a.version, EXISTS (SELECT FROM feed_listeners)
+             INTO v_balance, v_held, v_version, v_listening;
     END IF;
     -- The posting's instant, taken once its lock is held: an account's entries are in the same
     -- order by time and by version, so the balance at an instant is a lookup.
     p_now := greatest(p_now, clock_timestamp());
-    posted_at := p_now;
-    balance_before := v_balance;
-    balance_after := v_balance;
-    available := v_balance - v_held;
-    IF NOT p_credit AND v_balance - v_held + p_release < p_amount THEN
-        outcome := 'INSUFFICIENT_FUNDS';
-        RETURN;
-    END IF;
-    IF p_credit AND v_balance > 9223372036854775807 - p_amount THEN
-        outcome := 'BALANCE_LIMIT_EXCEEDED';
-        RETURN;
-    END IF;
-
     -- Helpers are called as expressions, not as `SELECT ... FROM f()`: PL/pgSQL evaluates a
     -- simple expression without starting an executor for it.
-    v_moved := ledger_move_user(v_account, CASE WHEN p_credit THEN p_amount ELSE -p_amount END,
-                                -p_release);
-    v_balance := v_moved.balance;
-    v_held := v_moved.held;
-    v_version := v_moved.version;
-    v_treasury := ledger_treasury_move(
-        p_asset.id, p_asset.treasury_shards, CASE WHEN p_credit THEN -p_amount ELSE p_amount END);
-
-    INSERT INTO transactions (id, type, asset_id, user_id, amount, principal, reference, metadata,
-                              reverses_id, reason, hold_id, created_at)
-    VALUES (p_txn, p_type, p_asset.id, p_user, p_amount, p_principal, p_reference, p_metadata,
-            p_reverses, p_reason, p_hold, p_now);
+    v_treasury := ledger_treasury_move(p_asset.id, p_asset.treasury_shards, -v_delta);
+    -- The transaction and its entries in one statement (ledger_check_balanced).
+    WITH posted AS (
+        INSERT INTO transactions (id, type, asset_id, user_id, amount, principal, reference,
+                                  metadata, reverses_id, reason, hold_id, created_at)
+        VALUES (p_txn, p_type, p_asset.id, p_user, p_amount, p_principal, p_reference, p_metadata,
+                p_reverses, p_reason, p_hold, p_now)
+    )
     INSERT INTO entries (transaction_id, account_id, asset_id, direction, amount, balance_after,
                          account_version, created_at)
     VALUES (p_txn, v_account, p_asset.id, CASE WHEN p_credit THEN 'CREDIT' ELSE 'DEBIT' END,
@@ -280,8 +303,12 @@ BEGIN
            (p_txn, v_treasury.account_id, p_asset.id,
             CASE WHEN p_credit THEN 'DEBIT' ELSE 'CREDIT' END, p_amount, v_treasury.balance,
             v_treasury.version, p_now);
-    PERFORM ledger_notify(v_account);
+    IF v_listening THEN  -- asked with the wallet's update (see ledger_notify)
+        PERFORM ledger_notify(v_account);
+    END IF;
     outcome := 'COMPLETED';
+    posted_at := p_now;
+    balance_before := v_balance - v_delta;
     balance_after := v_balance;
     available := v_balance - v_held;
 END $$;
@@ -381,10 +408,12 @@ BEGIN
     v_moved := ledger_move_user(v_to.id, p_amount);
     to_balance := v_moved.balance;
     v_to.version := v_moved.version;
-    INSERT INTO transactions (id, type, asset_id, user_id, amount, principal, reference, metadata,
-                              reverses_id, reason, hold_id, created_at)
-    VALUES (p_txn, p_type, p_asset.id, p_from, p_amount, p_principal, p_reference, p_metadata,
-            p_reverses, p_reason, p_hold, p_now);
+    WITH posted AS (  -- the transaction and its entries in one statement (ledger_check_balanced)
+        INSERT INTO transactions (id, type, asset_id, user_id, amount, principal, reference,
+                                  metadata, reverses_id, reason, hold_id, created_at)
+        VALUES (p_txn, p_type, p_asset.id, p_from, p_amount, p_principal, p_reference, p_metadata,
+                p_reverses, p_reason, p_hold, p_now)
+    )
     INSERT INTO entries (transaction_id, account_id, asset_id, direction, amount, balance_after,
                          account_version, created_at)
     VALUES (p_txn, v_from.id, p_asset.id, 'DEBIT', p_amount, from_balance, v_from.version, p_now),
