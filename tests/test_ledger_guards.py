@@ -361,3 +361,57 @@ async def test_each_row_check_still_holds(
             user_acc, _, asset = await _accounts(conn, user)
             await conn.execute(text(statement), {"u": user, "asset": asset, "acc": user_acc})
     assert sqlstate(caught.value) == "23514"  # check_violation (a domain's, or the table's)
+
+
+async def test_an_entry_on_an_account_that_does_not_exist_is_rejected(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    """The entries trigger stands in for the key to accounts (id, asset_id) (migration 0009)."""
+    user = await factory.user(gold=1)
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            _, treasury, asset = await _accounts(conn, user)
+            missing = await conn.scalar(text("SELECT max(id) + 1 FROM accounts"))
+            await _post(conn, user, asset, 5, [(treasury, "DEBIT", 5), (missing, "CREDIT", 5)])
+    assert sqlstate(caught.value) == "W0100"
+
+
+async def test_an_entry_naming_an_account_of_another_asset_is_rejected(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    user = await factory.user(gold=1)
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            user_acc, _, asset = await _accounts(conn, user)
+            diamonds = await conn.scalar(
+                text(
+                    "SELECT a.id FROM accounts a JOIN assets s ON s.id = a.asset_id"
+                    " WHERE s.slug = 'diamonds' AND a.kind = 'TREASURY' LIMIT 1"
+                )
+            )
+            await _post(conn, user, asset, 5, [(diamonds, "DEBIT", 5), (user_acc, "CREDIT", 5)])
+    assert sqlstate(caught.value) == "W0100"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DELETE FROM accounts WHERE user_id = :u",
+        "DELETE FROM accounts WHERE false",
+        "TRUNCATE accounts CASCADE",
+        "UPDATE accounts SET asset_id = (SELECT id FROM assets WHERE slug = 'diamonds')"
+        " WHERE user_id = :u",
+        "UPDATE accounts SET id = DEFAULT WHERE user_id = :u",
+    ],
+    ids=["delete", "delete nothing", "truncate", "another asset", "another id"],
+)
+async def test_an_account_is_never_deleted_nor_gets_another_id_or_asset(
+    engine: AsyncEngine, factory: Factory, statement: str
+) -> None:
+    """Entries name accounts without a foreign key (migration 0009): the account must stay."""
+    user = await factory.user(gold=1)
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            await conn.execute(text(statement), {"u": user})
+    assert sqlstate(caught.value) == "W0101"
+    assert await factory.balance(user) == 1

@@ -133,10 +133,6 @@ class Entry(Base):
     """One side of a transaction; `balance_after` and `account_version` make history a lookup."""
 
     __tablename__ = "entries"
-    __table_args__ = (
-        ForeignKeyConstraint(["account_id", "asset_id"], ["accounts.id", "accounts.asset_id"]),
-    )
-
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     # No foreign key: the entries trigger rejects an entry without its transaction (0007).
     transaction_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))

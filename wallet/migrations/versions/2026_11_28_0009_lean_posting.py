@@ -29,6 +29,11 @@ pgbench statement): a posting cost 1,760 k instructions against the reference po
   entries are written by one statement, as every posting function writes them
   (`ledger_post_transfer` now does too); a transaction inserted alone is refused at once
   (W0100), where it was refused at commit.
+* `entries (account_id, asset_id) -> accounts`: that key checked each entry on its own (two
+  queries a posting, 2,000 a batch of 1,000); the entries trigger now checks every new entry's
+  account in its one query. An account is never deleted (`trg_accounts_never_deleted`, W0101)
+  and never changes its id or asset (the shape trigger, W0101), so an entry's account cannot
+  disappear later, as the key ensured. Holds keep their key to accounts.
 
 The functions come from the frozen copy beside this file (wallet/sql/ledger.sql at this
 revision). The downgrade puts back the two checks, the deferred trigger and revision
@@ -74,8 +79,17 @@ BALANCED_AT_COMMIT = (  # as revision 0001 made it
     " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ledger_check_balanced()"
 )
 SHAPE_TRIGGER = (
-    "CREATE TRIGGER trg_accounts_shape BEFORE INSERT OR UPDATE OF kind, user_id, shard"
-    " ON accounts FOR EACH ROW EXECUTE FUNCTION ledger_check_account_shape()"
+    "CREATE TRIGGER trg_accounts_shape"
+    " BEFORE INSERT OR UPDATE OF id, asset_id, kind, user_id, shard ON accounts"
+    " FOR EACH ROW EXECUTE FUNCTION ledger_check_account_shape()"
+)
+NEVER_DELETED = (
+    "CREATE TRIGGER trg_accounts_never_deleted BEFORE DELETE OR TRUNCATE ON accounts"
+    " FOR EACH STATEMENT EXECUTE FUNCTION ledger_reject_change()"
+)
+ENTRY_ACCOUNT_KEY = (
+    "fk_entries_account_id_asset_id_accounts",
+    "FOREIGN KEY (account_id, asset_id) REFERENCES accounts (id, asset_id)",
 )
 
 
@@ -95,11 +109,15 @@ def upgrade() -> None:
     _run(FROZEN.read_text(encoding="utf-8"))
     op.execute(BALANCED_BY_STATEMENT)
     op.execute(SHAPE_TRIGGER)
+    op.execute(NEVER_DELETED)
+    op.execute(f"ALTER TABLE entries DROP CONSTRAINT {ENTRY_ACCOUNT_KEY[0]}")
     _account_checks(CHECKS_BEFORE, CHECKS_AFTER)
 
 
 def downgrade() -> None:
     _account_checks(CHECKS_AFTER, CHECKS_BEFORE)
+    op.execute(f"ALTER TABLE entries ADD CONSTRAINT {ENTRY_ACCOUNT_KEY[0]} {ENTRY_ACCOUNT_KEY[1]}")
+    op.execute("DROP TRIGGER trg_accounts_never_deleted ON accounts")
     op.execute("DROP TRIGGER trg_accounts_shape ON accounts")
     op.execute("DROP FUNCTION ledger_check_account_shape()")
     op.execute("DROP TRIGGER trg_transactions_balanced ON transactions")

@@ -37,9 +37,12 @@ END $$;
 --;
 CREATE OR REPLACE FUNCTION ledger_check_entries_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
 -- After each INSERT statement on entries: every transaction it touched exists and is still
--- balanced, so entries cannot be added later to a committed transaction, nor point at none (this
--- check stands in for a foreign key to transactions, whose rows are append-only). Postings
--- insert all the entries of a transaction in one statement.
+-- balanced, so entries cannot be added later to a committed transaction, nor point at none; and
+-- every new entry's account exists, in the entry's asset. This check stands in for foreign keys
+-- to transactions and to accounts (id, asset_id), checked once per statement rather than once
+-- per entry: transactions are append-only, and an account is never deleted nor changes its id
+-- or asset (ledger_check_account_shape, trg_accounts_never_deleted). Postings insert all the
+-- entries of a transaction in one statement.
 BEGIN
     IF EXISTS (
         SELECT 1
@@ -51,8 +54,12 @@ BEGIN
                      FROM transactions t JOIN entries e ON e.transaction_id = t.id
                     WHERE t.id = touched.transaction_id) s
          WHERE s.amount IS NULL OR s.debits <> s.amount OR s.credits <> s.amount OR s.mixed
+    ) OR EXISTS (
+        SELECT 1 FROM new_entries n
+         WHERE NOT EXISTS (SELECT 1 FROM accounts a
+                            WHERE a.id = n.account_id AND a.asset_id = n.asset_id)
     ) THEN
-        RAISE EXCEPTION 'an INSERT on entries left a transaction unbalanced or without its row'
+        RAISE EXCEPTION 'INSERT on entries: unbalanced, or a missing transaction or account'
             USING ERRCODE = 'W0100';
     END IF;
     RETURN NULL;
@@ -66,11 +73,16 @@ BEGIN
 END $$;
 --;
 CREATE OR REPLACE FUNCTION ledger_check_account_shape() RETURNS trigger LANGUAGE plpgsql AS $$
--- Before an account is opened or its kind, owner or shard changes: a user's wallet (kind USER,
--- shard 0) or an asset's Treasury shard (kind TREASURY, no owner). A trigger, not a CHECK: a
--- CHECK is read back from its text at every statement that writes the table, each posting's
--- balance updates included, and these columns never change once the account is open.
+-- Before an account is opened or its id, asset, kind, owner or shard is written: a user's wallet
+-- (kind USER, shard 0) or an asset's Treasury shard (kind TREASURY, no owner), whose id and
+-- asset never change (entries name them: see ledger_check_entries_balanced). A trigger, not a
+-- CHECK: a CHECK is read back from its text at every statement that writes the table, each
+-- posting's balance updates included, and these columns never change once the account is open.
 BEGIN
+    IF TG_OP = 'UPDATE' AND (NEW.id <> OLD.id OR NEW.asset_id <> OLD.asset_id) THEN
+        RAISE EXCEPTION 'account %: its id and asset never change', OLD.id
+            USING ERRCODE = 'W0101';
+    END IF;
     IF NOT (CASE WHEN NEW.user_id IS NULL THEN NEW.kind = 'TREASURY'
                  ELSE NEW.kind = 'USER' AND NEW.shard = 0 END) THEN
         RAISE EXCEPTION 'account %: kind %, owner %, shard % is neither a wallet nor a shard',
