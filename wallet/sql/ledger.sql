@@ -1005,8 +1005,10 @@ CREATE OR REPLACE FUNCTION ledger_lock_batch(p_ops jsonb) RETURNS jsonb LANGUAGE
 DECLARE
     v_pins jsonb;
 BEGIN
-    -- Open the credited wallets (in one global order, so concurrent batches cannot deadlock on
-    -- the inserts either), then lock every wallet of the batch in ascending id order.
+    -- Open the credited wallets not open yet (in one global order, so concurrent batches cannot
+    -- deadlock on the inserts either; ON CONFLICT settles two opening one at once: the account
+    -- shape trigger runs for every row proposed), then lock every wallet of the batch in
+    -- ascending id order.
     INSERT INTO accounts (asset_id, kind, user_id)
     SELECT DISTINCT s.id, 'USER', u.id
       FROM jsonb_array_elements(p_ops) o
@@ -1014,6 +1016,7 @@ BEGIN
       JOIN users u ON u.id = (CASE WHEN o->>'op' = 'TRANSFER' THEN o->>'toUserId'
                                    ELSE o->>'userId' END)::uuid
      WHERE o->>'op' IN ('TOPUP', 'BONUS', 'TRANSFER')
+       AND NOT EXISTS (SELECT FROM accounts a WHERE a.user_id = u.id AND a.asset_id = s.id)
      ORDER BY u.id, s.id
     ON CONFLICT (user_id, asset_id) DO NOTHING;
     PERFORM 1
