@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.factories import Factory
 from wallet import ledger
 from wallet.db.engine import create_engine
+from wallet.inputs import TxType
 
 
 def spend_body(user: uuid.UUID, amount: int, kind: str = "SPEND") -> dict[str, object]:
@@ -232,7 +233,7 @@ async def test_postings_proceed_while_another_posting_holds_its_locks(
 async def test_a_posting_that_waited_for_its_wallet_is_judged_on_the_balance_it_finds(
     database_url: str,
     factory: Factory,
-    first: tuple[str, int],
+    first: tuple[TxType, int],
     end: str,
     outcome: str,
     before: int,
@@ -251,7 +252,7 @@ async def test_a_posting_that_waited_for_its_wallet_is_judged_on_the_balance_it_
             kind, amount = first
             await ledger.transact(
                 holder,
-                ledger.TransactRequest(user, "gold_coins", amount, kind),  # type: ignore[arg-type]
+                ledger.TransactRequest(user, "gold_coins", amount, kind),
                 key=str(uuid.uuid4()),
                 principal="",
             )

@@ -251,6 +251,7 @@ DECLARE
     v_held bigint;
     v_version bigint;
     v_listening boolean;
+    v_moved record;
     v_treasury record;
 BEGIN
     -- The common case in one statement: lock the wallet and move it, if the posting fits (the
@@ -289,11 +290,11 @@ BEGIN
             outcome := 'BALANCE_LIMIT_EXCEEDED';
             RETURN;
         END IF;
-        UPDATE accounts a
-           SET balance = a.balance + v_delta, held = a.held - p_release, version = a.version + 1
-         WHERE a.id = v_account
-        RETURNING a.balance, a.held, a.version, EXISTS (SELECT FROM feed_listeners)
-             INTO v_balance, v_held, v_version, v_listening;
+        v_moved := ledger_move_user(v_account, v_delta, -p_release);
+        v_balance := v_moved.balance;
+        v_held := v_moved.held;
+        v_version := v_moved.version;
+        v_listening := EXISTS (SELECT FROM feed_listeners);
     END IF;
     -- The posting's instant, taken once its lock is held: an account's entries are in the same
     -- order by time and by version, so the balance at an instant is a lookup.
