@@ -71,6 +71,11 @@ _TRANSACTION = (
 )
 _POST = f"WITH posted AS ({_TRANSACTION}) {_ENTRIES}{_LEGS}"
 _ENTRIES_ALONE = f"{_ENTRIES}{_LEGS}"
+_LINKED = (  # a transaction of any kind, naming what it reverses or not
+    "INSERT INTO transactions (id, type, asset_id, user_id, amount, reverses_id)"
+    " VALUES (:txn, :kind, :asset, :user, 5, :reverses)"
+)
+_POST_LINKED = f"WITH posted AS ({_LINKED}) {_ENTRIES}{_LEGS}"
 
 
 def _legs(txn: uuid.UUID, asset_id: int, legs: list[tuple[int, str, int]]) -> dict[str, object]:
@@ -232,6 +237,55 @@ async def test_a_balanced_hand_written_transaction_is_accepted(
         user_acc, treasury, asset = await _accounts(conn, user)
         await _post(conn, user, asset, 5, [(treasury, "DEBIT", 5), (user_acc, "CREDIT", 5)])
         await trans.rollback()  # both triggers ran at the end of that statement
+
+
+@pytest.mark.parametrize(
+    ("kind", "reverses"),
+    [("REVERSAL", False), ("TOPUP", True)],
+    ids=["a REVERSAL naming nothing", "a TOPUP naming what it reverses"],
+)
+async def test_only_a_reversal_names_what_it_reverses(
+    engine: AsyncEngine, factory: Factory, kind: str, reverses: bool
+) -> None:
+    """ck_transactions_reversal, checked by the transactions statement trigger since 0010, on a
+    transaction that is otherwise well formed: balanced, written with its entries."""
+    user = await factory.user(gold=5)
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            user_acc, treasury, asset = await _accounts(conn, user)
+            original = await conn.scalar(
+                text("SELECT id FROM transactions WHERE user_id = :u"), {"u": user}
+            )
+            await conn.execute(
+                text(_POST_LINKED),
+                {
+                    **_legs(uuid.uuid4(), asset, [(user_acc, "DEBIT", 5), (treasury, "CREDIT", 5)]),
+                    "kind": kind,
+                    "user": user,
+                    "reverses": original if reverses else None,
+                },
+            )
+    assert sqlstate(caught.value) == "23514"
+    driver_error = caught.value.orig.__cause__ if caught.value.orig is not None else None
+    assert getattr(driver_error, "constraint_name", None) == "ck_transactions_reversal"
+
+
+async def test_a_key_naming_a_transaction_never_written_fails_at_commit(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    """A posting claims its key naming its transaction before writing it (0010): the key's
+    foreign key waits for the commit, and refuses it there if the transaction never came."""
+    await factory.user(gold=1)
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO idempotency_keys (scope, key, fingerprint, outcome,"
+                    " transaction_id) VALUES ('guards', 'k', '\\x00', 'COMPLETED', :txn)"
+                ),
+                {"txn": uuid.uuid4()},
+            )
+    assert sqlstate(caught.value) == "23503"  # foreign_key_violation, at commit
 
 
 async def test_user_balance_cannot_go_negative(engine: AsyncEngine, factory: Factory) -> None:

@@ -203,3 +203,78 @@ def _ledger_state(url: str) -> tuple[object, ...]:
             await conn.close()
 
     return asyncio.run(fetch())
+
+
+def test_keys_a_completed_posting_wrote_once_replay_across_0010_down_and_up(
+    empty_database: str,
+) -> None:
+    """Since 0010 a completed TOPUP, BONUS or SPEND leaves its key as its claim wrote it, without
+    balances: a replay reads them from the transaction's entry on the wallet, at 0010, after a
+    downgrade to 0009 (which stores them in the keys) and after the upgrade again."""
+    migrate(empty_database)
+    user = uuid.uuid4()
+    postings: list[tuple[int, TxType]] = [
+        (50, "TOPUP"),
+        (20, "SPEND"),
+        (500, "SPEND"),
+        (5, "BONUS"),
+    ]
+    requests = [ledger.TransactRequest(user, "gold_coins", n, kind) for n, kind in postings]
+    first: list[tuple[object, ...]] = []
+
+    def answer(outcome: ledger.TransactOutcome) -> tuple[object, ...]:
+        posted = outcome.created_at if outcome.transaction_id else None  # a refusal's: its key's
+        return (
+            outcome.outcome,
+            outcome.transaction_id,
+            outcome.balance_before,
+            outcome.balance_after,
+            posted,
+        )
+
+    async def post() -> list[tuple[object, ...]]:
+        engine = create_engine(empty_database, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                await ledger.ensure_asset(conn, slug="gold_coins", name="Gold Coins")
+                await ledger.create_user(conn, user_id=user, username="once")
+            for n, request in enumerate(requests):
+                async with engine.begin() as conn:
+                    done = await ledger.transact(conn, request, key=f"k{n}", principal="shop")
+                first.append(answer(done))
+            async with engine.connect() as conn:
+                stored = await conn.execute(
+                    text("SELECT outcome, balance_after IS NULL FROM idempotency_keys ORDER BY key")
+                )
+                return [tuple(r) for r in stored]
+        finally:
+            await engine.dispose()
+
+    async def replay() -> list[tuple[object, ...]]:
+        engine = create_engine(empty_database, pool_size=1)
+        try:
+            again = []
+            for n, request in enumerate(requests):
+                async with engine.begin() as conn:
+                    done = await ledger.transact(conn, request, key=f"k{n}", principal="shop")
+                assert done.replayed
+                again.append(answer(done))
+            return again
+        finally:
+            await engine.dispose()
+
+    stored = asyncio.run(post())
+    assert stored == [
+        ("COMPLETED", True),
+        ("COMPLETED", True),
+        ("INSUFFICIENT_FUNDS", False),
+        ("COMPLETED", True),
+    ]
+    assert [a[2:4] for a in first] == [(0, 50), (50, 30), (30, 30), (30, 35)]
+    before = _ledger_state(empty_database)
+    assert asyncio.run(replay()) == first
+    command.downgrade(alembic_config(empty_database), "0009")
+    assert asyncio.run(replay()) == first
+    command.upgrade(alembic_config(empty_database), "head")
+    assert asyncio.run(replay()) == first
+    assert _ledger_state(empty_database) == before  # replays moved nothing

@@ -154,8 +154,10 @@ class IdempotencyKey(Base):
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     fingerprint: Mapped[bytes] = mapped_column(LargeBinary)
     outcome: Mapped[str | None] = mapped_column(Text, nullable=True)
-    transaction_id: Mapped[uuid.UUID | None] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("transactions.id"), nullable=True
+    transaction_id: Mapped[uuid.UUID | None] = mapped_column(  # checked at commit: see 0010
+        UUID(as_uuid=True),
+        ForeignKey("transactions.id", deferrable=True, initially="DEFERRED"),
+        nullable=True,
     )
     balance_before: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     balance_after: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

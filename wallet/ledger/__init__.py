@@ -16,9 +16,10 @@ Design note
   credits another; a REVERSAL runs along its original's legs the other way. The Treasury issues
   the coins, so its balance is minus everything in circulation.
 * Holds are pending debits (as in TigerBeetle): a HELD hold counts in its account's `held`, and
-  a CHECK keeps `balance >= held`, so `available = balance - held` never goes below zero in
-  PostgreSQL itself. `balance` stays the whole balance; a capture posts a SPEND or a TRANSFER
-  of the captured amount and releases the hold.
+  a trigger on the account's balance and held amount keeps `balance >= held`, so
+  `available = balance - held` never goes below zero in PostgreSQL itself. `balance` stays the
+  whole balance; a capture posts a SPEND or a TRANSFER of the captured amount and releases the
+  hold.
 * No hot account. The Treasury is N rows ("shards"); a posting updates one, as its last write,
   without locking it up front: from a random shard on, the first that no other posting holds
   (`FOR UPDATE SKIP LOCKED`) and that has room for the amount (bigint). It waits for a shard

@@ -6,7 +6,7 @@
 --
 -- Conventions (the design note in wallet/ledger/__init__.py says why):
 -- * An account's balance is its credits minus its debits. A user account (kind USER) never goes
---   below its `held` amount (CHECK ck_accounts_held): available = balance - held.
+--   below its `held` amount (trigger trg_accounts_held): available = balance - held.
 -- * Treasury shards (kind TREASURY) may go negative; a posting touches one at random, as its last
 --   write, never locked up front. A shard without room for the amount is skipped, so no credit
 --   fails because of the shard it drew.
@@ -14,7 +14,9 @@
 --   balance check. Holds are locked before accounts.
 -- * Idempotency: each public function claims (scope, key) first; a concurrent duplicate blocks on
 --   that row. Outcomes the ledger decides (COMPLETED and the 422s) are stored with the answer and
---   replayed; errors raised with a W0xxx SQLSTATE roll back, so a corrected retry can run.
+--   replayed; errors raised with a W0xxx SQLSTATE roll back, so a corrected retry can run. A
+--   TOPUP, BONUS or SPEND claims its key as COMPLETED by its transaction, and rewrites it only
+--   when it does not complete.
 -- * Raised SQLSTATEs: W0001 user not found, W0002 asset not found, W0003 transaction not found,
 --   W0004 hold not found, W0005 invalid batch operation, W0008 a transfer to its sender,
 --   W0100 unbalanced, W0101 append-only,
@@ -25,10 +27,23 @@ CREATE OR REPLACE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpg
 -- this same statement (an entry naming a transaction that did not exist yet was refused by its
 -- own statement), and ledger_check_entries_balanced, run for this statement too, found it
 -- balanced. A transaction and its entries are written by one statement, as every posting does;
--- entries that a later statement adds are refused by that check.
+-- entries that a later statement adds are refused by that check. Also here, rather than in a
+-- CHECK read back from its text at every INSERT: a REVERSAL, and only a REVERSAL, names the
+-- transaction it reverses (ck_transactions_reversal, SQLSTATE 23514 as the CHECK raised it).
+DECLARE
+    v_fault text;
 BEGIN
-    IF EXISTS (SELECT 1 FROM new_transactions t
-                WHERE NOT EXISTS (SELECT 1 FROM entries e WHERE e.transaction_id = t.id)) THEN
+    SELECT CASE WHEN (t.type = 'REVERSAL') <> (t.reverses_id IS NOT NULL) THEN 'reversal'
+                ELSE 'entries' END
+      INTO v_fault
+      FROM new_transactions t
+     WHERE (t.type = 'REVERSAL') <> (t.reverses_id IS NOT NULL)
+        OR NOT EXISTS (SELECT 1 FROM entries e WHERE e.transaction_id = t.id)
+     LIMIT 1;
+    IF v_fault = 'reversal' THEN
+        RAISE EXCEPTION 'a REVERSAL, and only a REVERSAL, names the transaction it reverses'
+            USING ERRCODE = '23514', CONSTRAINT = 'ck_transactions_reversal';
+    ELSIF v_fault = 'entries' THEN
         RAISE EXCEPTION 'an INSERT on transactions wrote a transaction without its entries'
             USING ERRCODE = 'W0100';
     END IF;
@@ -91,13 +106,33 @@ BEGIN
     RETURN NEW;
 END $$;
 --;
-CREATE OR REPLACE FUNCTION ledger_claim_key(p_scope text, p_key text, p_fingerprint bytea)
-RETURNS idempotency_keys LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION ledger_check_account_held() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Before an account's balance or held amount is written (ck_accounts_held): a Treasury shard
+-- holds nothing; a wallet holds from 0 to its balance, so what it has available never goes
+-- below 0. A trigger rather than a CHECK, which PostgreSQL reads back from its text and plans
+-- at every statement that writes the table: each posting's two account updates.
+BEGIN
+    IF NOT (CASE WHEN NEW.user_id IS NULL THEN NEW.held = 0
+                 ELSE NEW.held >= 0 AND NEW.balance >= NEW.held END) THEN
+        RAISE EXCEPTION 'account %: balance %, held %: a wallet holds from 0 to its balance',
+            NEW.id, NEW.balance, NEW.held
+            USING ERRCODE = '23514', CONSTRAINT = 'ck_accounts_held';
+    END IF;
+    RETURN NEW;
+END $$;
+--;
+CREATE OR REPLACE FUNCTION ledger_claim_key(
+    p_scope text, p_key text, p_fingerprint bytea, p_txn uuid DEFAULT NULL
+) RETURNS idempotency_keys LANGUAGE plpgsql AS $$
 -- NULL when this call claimed the key; otherwise the stored row (after its writer finished).
+-- With `p_txn`, the key is claimed as COMPLETED by that transaction (still to be written: the
+-- key's foreign key is checked at commit), so a posting that completes writes its key once;
+-- one that does not stores its outcome over the claim (wallet_transact).
 DECLARE
     v_row idempotency_keys;
 BEGIN
-    INSERT INTO idempotency_keys (scope, key, fingerprint) VALUES (p_scope, p_key, p_fingerprint)
+    INSERT INTO idempotency_keys (scope, key, fingerprint, outcome, transaction_id)
+    VALUES (p_scope, p_key, p_fingerprint, CASE WHEN p_txn IS NOT NULL THEN 'COMPLETED' END, p_txn)
     ON CONFLICT DO NOTHING;
     IF FOUND THEN
         RETURN NULL;
@@ -335,7 +370,10 @@ CREATE OR REPLACE FUNCTION wallet_transact(
     balance_before bigint, balance_after bigint, created_at timestamptz
 ) LANGUAGE plpgsql AS $$
 -- One TOPUP, BONUS or SPEND, exactly once per (scope, key), in one round trip. `p_claimed`: the
--- caller has claimed the key in this transaction already (wallet_transact_group).
+-- caller has claimed the key in this transaction already (wallet_transact_group). The key is
+-- claimed as COMPLETED by `p_txn`: a posting that completes leaves it so (the balances a replay
+-- answers are then read from the transaction's entry on the wallet); any other outcome is
+-- stored over the claim.
 DECLARE
     v_stored idempotency_keys;
     v_asset assets;
@@ -343,14 +381,20 @@ DECLARE
     v_now timestamptz;
 BEGIN
     IF NOT p_claimed THEN
-        v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
+        v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint, p_txn);
     END IF;
     IF v_stored.scope IS NOT NULL THEN
         RETURN QUERY
             SELECT v_stored.outcome::text, true, v_stored.fingerprint = p_fingerprint,
-                   v_stored.transaction_id, v_stored.balance_before, v_stored.balance_after,
+                   v_stored.transaction_id,
+                   coalesce(v_stored.balance_before, e.balance_after
+                            - CASE WHEN e.direction = 'CREDIT' THEN e.amount ELSE -e.amount END),
+                   coalesce(v_stored.balance_after, e.balance_after),
                    coalesce(t.created_at, v_stored.created_at)
-              FROM (SELECT 1) one LEFT JOIN transactions t ON t.id = v_stored.transaction_id;
+              FROM (SELECT 1) one
+              LEFT JOIN transactions t ON t.id = v_stored.transaction_id
+              LEFT JOIN accounts a ON a.user_id = t.user_id AND a.asset_id = t.asset_id
+              LEFT JOIN entries e ON e.transaction_id = t.id AND e.account_id = a.id;
         RETURN;
     END IF;
     v_asset := ledger_asset(p_asset);
@@ -358,11 +402,13 @@ BEGIN
     v_post := ledger_post_user(  -- as an expression: see ledger_post_user
         v_asset, p_user, p_type, p_type <> 'SPEND', p_amount, p_txn, p_principal, p_reference,
         p_metadata, v_now);
-    UPDATE idempotency_keys k
-       SET outcome = v_post.outcome,
-           transaction_id = CASE WHEN v_post.outcome = 'COMPLETED' THEN p_txn END,
-           balance_before = v_post.balance_before, balance_after = v_post.balance_after
-     WHERE k.scope = p_scope AND k.key = p_key;
+    IF p_claimed OR v_post.outcome <> 'COMPLETED' THEN
+        UPDATE idempotency_keys k
+           SET outcome = v_post.outcome,
+               transaction_id = CASE WHEN v_post.outcome = 'COMPLETED' THEN p_txn END,
+               balance_before = v_post.balance_before, balance_after = v_post.balance_after
+         WHERE k.scope = p_scope AND k.key = p_key;
+    END IF;
     outcome := v_post.outcome;  -- the row, without a query for it
     replayed := false;
     fingerprint_matches := true;
