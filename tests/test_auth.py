@@ -532,6 +532,25 @@ def test_rsa_and_jwks_public_keys(tmp_path: Any) -> None:
     assert by_kid.verify(es).user_id == BOB
 
 
+@pytest.mark.parametrize("caller", ["none", "bad key", "revoked key", "expired token"])
+async def test_refused_credentials_answer_in_the_shape_of_their_endpoint(
+    secured: Secured, http: httpx.AsyncClient, caller: str
+) -> None:
+    """The gateway refuses before any route runs: REST callers get REST's envelope, GraphQL
+    callers a GraphQL response whose error has `extensions.code`, as every other error there."""
+    header = secured.credentials[caller]
+    headers = {"Authorization": header} if header else {}
+    rest = await http.get(f"/api/wallet/balance/{ALICE}", headers=headers)
+    graphql = await http.post("/graphql", json={"query": "{ assets { slug } }"}, headers=headers)
+    for answer in (rest, graphql):
+        assert answer.status_code == 401
+        assert answer.headers["www-authenticate"].startswith("Bearer")
+        assert answer.headers["content-type"].startswith("application/json")
+    assert rest.json()["code"] == "UNAUTHENTICATED"
+    assert graphql.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert set(graphql.json()) == {"errors"}
+
+
 async def test_rate_limit_answers_429_with_retry_after(secured: Secured) -> None:
     proc, base = start_server(
         secured.database_url,

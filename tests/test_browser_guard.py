@@ -241,6 +241,31 @@ def test_a_cross_site_text_plain_post_is_refused(
 
 
 @pytest.mark.parametrize("mode", ["open", "secured"])
+def test_a_cross_site_graphql_mutation_is_refused_as_a_graphql_response(
+    servers: dict[str, Server], mode: str
+) -> None:
+    """The same guard on /graphql, answered in the shape GraphQL clients read."""
+    server = servers[mode]
+    before = gold(server)
+    mutation = "mutation T($input: TransactInput!) { transact(input: $input) { __typename } }"
+    topup = {"userId": str(ALICE), "amount": "1", "assetSlug": "gold_coins", "type": "TOPUP"}
+    variables = {"input": {**topup, "idempotencyKey": str(uuid.uuid4())}}
+    answer = send(
+        server,
+        "POST",
+        "/graphql",
+        host=f"127.0.0.1:{server.port}",
+        origin="https://evil.example",
+        body={"query": mutation, "variables": variables},
+        content_type="text/plain",
+    )
+    assert answer.status == 403, answer
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json()["errors"][0]["extensions"]["code"] == "ORIGIN_NOT_ALLOWED"
+    assert gold(server) == before
+
+
+@pytest.mark.parametrize("mode", ["open", "secured"])
 def test_writes_from_our_own_or_loopback_origins_pass(
     servers: dict[str, Server], mode: str
 ) -> None:

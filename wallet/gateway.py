@@ -35,6 +35,7 @@ from wallet.tracing import Tracing
 log = structlog.get_logger("wallet.gateway")
 
 PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz"})  # no Host check, no credentials
+GRAPHQL_PATH: Final = "/graphql"  # refusals there are GraphQL responses
 LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_REQUEST_ID: Final = 64
@@ -159,7 +160,8 @@ async def answer_database_trouble(
     checking a request is a 503 with Retry-After, not a 500 (a WebSocket gets it as its
     handshake's answer)."""
     if scope["type"] == "http":
-        response = await handle_database_error(Request(scope, receive), trouble)
+        request = Request(scope, receive)
+        response = await handle_database_error(request, trouble, graphql=is_graphql(scope))
         await response(scope, receive, send)
         return
     mapped = map_database_error(trouble)
@@ -167,6 +169,19 @@ async def answer_database_trouble(
         raise trouble
     log.warning("database_trouble", error=type(trouble).__name__, detail=str(trouble)[:300])
     await error_response(mapped)(scope, receive, send)
+
+
+def is_graphql(scope: Scope) -> bool:
+    """An HTTP request to the GraphQL endpoint, whose clients read `errors[].extensions.code`."""
+    return bool(scope["type"] == "http" and scope["path"] == GRAPHQL_PATH)
+
+
+async def refuse(
+    scope: Scope, receive: Receive, send: Send, error: WalletError, headers: dict[str, str]
+) -> None:
+    """Answer a request the gateway refuses, in the shape its endpoint answers everything."""
+    response = error_response(error, headers=headers, graphql=is_graphql(scope))
+    await response(scope, receive, send)
 
 
 def too_large(limit: int) -> PayloadTooLarge:
@@ -291,7 +306,7 @@ class GatewayMiddleware:
         limit = self.path_body_limits.get(scope["path"], self.body_limit)
         declared = headers.get(_CONTENT_LENGTH, b"")
         if declared.isdigit() and int(declared) > limit:
-            await error_response(too_large(limit))(scope, receive, send)
+            await refuse(scope, receive, send, too_large(limit), {})
             return
         await self._authenticated(scope, limited(receive, limit), send, headers.get(_AUTHORIZATION))
 
@@ -314,7 +329,7 @@ class GatewayMiddleware:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 4401, "reason": error.message})
             else:
-                await error_response(error, headers=refusal_headers(error))(scope, receive, send)
+                await refuse(scope, receive, send, error, refusal_headers(error))
             return
         except (DBAPIError, PoolTimeout, OSError) as trouble:
             await answer_database_trouble(scope, receive, send, trouble)
@@ -329,7 +344,7 @@ class GatewayMiddleware:
         try:
             await self.guard.check(scope, headers)
         except WalletError as error:
-            await error_response(error)(scope, receive, send)  # a WebSocket: a denial response
+            await refuse(scope, receive, send, error, {})  # a WebSocket: a denial response
             return True
         except (DBAPIError, PoolTimeout, OSError) as trouble:
             await answer_database_trouble(scope, receive, send, trouble)

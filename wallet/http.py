@@ -70,12 +70,23 @@ def error_body(code: str, message: str, details: Mapping[str, Any] | None = None
     return body
 
 
-def error_response(error: WalletError, *, headers: Mapping[str, str] | None = None) -> JSONResponse:
+def graphql_error_body(error: WalletError) -> dict[str, Any]:
+    """A refusal as a GraphQL response, the shape every answer on /graphql has."""
+    return {"errors": [{"message": error.message, "extensions": error.extensions}]}
+
+
+def error_response(
+    error: WalletError, *, headers: Mapping[str, str] | None = None, graphql: bool = False
+) -> JSONResponse:
+    """The error's status and JSON: REST's envelope, or with `graphql` a GraphQL response (the
+    gateway answers requests to /graphql it refuses before the GraphQL view sees them)."""
     all_headers = dict(headers or {})
     if error.status == 503:
         all_headers.setdefault("Retry-After", "1")
     return JSONResponse(
-        error_body(error.code, error.message, error.details),
+        graphql_error_body(error)
+        if graphql
+        else error_body(error.code, error.message, error.details),
         status_code=error.status,
         headers=all_headers,
     )
@@ -125,22 +136,22 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     )
 
 
-def internal_error(request: Request) -> JSONResponse:
+def internal_error(request: Request, *, graphql: bool = False) -> JSONResponse:
     """A masked 500: a request id to quote, never a trace or SQL (those go to the log)."""
     request_id = request.scope.get("state", {}).get("request_id", "-")
     log.exception("unexpected_error", request_id=request_id)
-    return JSONResponse(
-        error_body("INTERNAL_ERROR", f"Unexpected error (request id {request_id})."),
-        status_code=500,
-    )
+    masked = WalletError(f"Unexpected error (request id {request_id}).")  # INTERNAL_ERROR, 500
+    return error_response(masked, graphql=graphql)
 
 
-async def handle_database_error(request: Request, exc: Exception) -> Response:
+async def handle_database_error(
+    request: Request, exc: Exception, *, graphql: bool = False
+) -> Response:
     mapped = map_database_error(exc)
     if mapped is None:
-        return internal_error(request)
+        return internal_error(request, graphql=graphql)
     log.warning("database_trouble", error=type(exc).__name__, detail=str(exc)[:300])
-    return error_response(mapped)
+    return error_response(mapped, graphql=graphql)
 
 
 async def handle_client_disconnect(request: Request, exc: Exception) -> Response:
