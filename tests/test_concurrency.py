@@ -268,7 +268,7 @@ async def test_a_posting_that_waited_for_its_wallet_is_judged_on_the_balance_it_
 
             waiting = asyncio.create_task(spend())
             async with engine.connect() as watcher:
-                for _ in range(200):  # until the SPEND waits for the wallet's row lock
+                for _ in range(1000):  # until the SPEND waits for the wallet's lock (up to 20 s)
                     waits = await watcher.scalar(
                         text(
                             "SELECT count(*) FROM pg_stat_activity WHERE datname ="

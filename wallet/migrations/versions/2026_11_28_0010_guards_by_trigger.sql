@@ -935,24 +935,31 @@ BEGIN
           LEFT JOIN assets s ON s.slug = o.v->>'assetSlug'
     ), legs AS MATERIALIZED (
         -- Every leg in posting order (an operation's user leg, then its Treasury or recipient
-        -- leg), with its operation and its account's balance and version after it.
+        -- leg), with its operation and its account's balance and version after it. Accounts
+        -- are read one lookup per leg (LATERAL ... LIMIT 1, and the ids as an array in `moved`):
+        -- the planner expects a hundred operations of any batch, and joined a group of eight
+        -- to every account of a table of a few thousand.
         SELECT l.*, a.kind, a.held,
                a.balance + sum(l.delta) OVER w AS balance_after,
                a.version + row_number() OVER w AS version_after
           FROM (SELECT o.*, 0 AS leg, a.id AS account_id,
                        CASE WHEN o.op IN ('SPEND', 'TRANSFER') THEN -o.amount ELSE o.amount END
                            AS delta
-                  FROM ops o LEFT JOIN accounts a
-                    ON a.user_id = o.user_id AND a.asset_id = o.asset_id
+                  FROM ops o LEFT JOIN LATERAL (
+                       SELECT a.id FROM accounts a
+                        WHERE a.user_id = o.user_id AND a.asset_id = o.asset_id LIMIT 1) a ON true
                 UNION ALL
                 SELECT o.*, 1, a.id, o.amount
-                  FROM ops o LEFT JOIN accounts a ON a.user_id = o.to_id AND a.asset_id = o.asset_id
+                  FROM ops o LEFT JOIN LATERAL (
+                       SELECT a.id FROM accounts a
+                        WHERE a.user_id = o.to_id AND a.asset_id = o.asset_id LIMIT 1) a ON true
                  WHERE o.op = 'TRANSFER'
                 UNION ALL
                 SELECT o.*, 1, o.treasury_id,
                        CASE WHEN o.op = 'SPEND' THEN o.amount ELSE -o.amount END
                   FROM ops o WHERE o.op <> 'TRANSFER') l
-          LEFT JOIN accounts a ON a.id = l.account_id
+          LEFT JOIN LATERAL (SELECT a.kind, a.held, a.balance, a.version FROM accounts a
+                              WHERE a.id = l.account_id LIMIT 1) a ON true
         WINDOW w AS (PARTITION BY l.account_id ORDER BY l.idx, l.leg)
     ), ok AS (
         SELECT NOT EXISTS (
@@ -972,6 +979,7 @@ BEGIN
           FROM (SELECT DISTINCT ON (l.account_id) l.account_id, l.balance_after, l.version_after
                   FROM legs l ORDER BY l.account_id, l.idx DESC, l.leg DESC) f, ok
          WHERE ok.ok AND a.id = f.account_id
+           AND a.id = ANY (ARRAY(SELECT l.account_id FROM legs l))  -- by key (see legs)
     ), posted AS (
         INSERT INTO transactions (id, type, asset_id, user_id, amount, principal, reference,
                                   metadata, created_at)
@@ -1051,6 +1059,7 @@ CREATE OR REPLACE FUNCTION ledger_lock_batch(p_ops jsonb) RETURNS jsonb LANGUAGE
 -- Treasury shard per asset. Answers the pins (asset id -> shard account id).
 DECLARE
     v_pins jsonb;
+    v_wallets bigint[];
 BEGIN
     -- Open the credited wallets not open yet (in one global order, so concurrent batches cannot
     -- deadlock on the inserts either; ON CONFLICT settles two opening one at once: the account
@@ -1066,17 +1075,21 @@ BEGIN
        AND NOT EXISTS (SELECT FROM accounts a WHERE a.user_id = u.id AND a.asset_id = s.id)
      ORDER BY u.id, s.id
     ON CONFLICT (user_id, asset_id) DO NOTHING;
-    PERFORM 1
-       FROM accounts a
-       JOIN assets s ON s.id = a.asset_id
-       JOIN (SELECT o->>'assetSlug' AS slug, (o->>'userId')::uuid AS user_id
-               FROM jsonb_array_elements(p_ops) o WHERE o->>'op' <> 'TRANSFER'
-             UNION SELECT o->>'assetSlug', (o->>'fromUserId')::uuid
-               FROM jsonb_array_elements(p_ops) o WHERE o->>'op' = 'TRANSFER'
-             UNION SELECT o->>'assetSlug', (o->>'toUserId')::uuid
-               FROM jsonb_array_elements(p_ops) o WHERE o->>'op' = 'TRANSFER') w
-         ON w.slug = s.slug AND w.user_id = a.user_id
-      ORDER BY a.id FOR UPDATE OF a;
+    -- Each wallet found by its (user, asset) key, one lookup per wallet (LIMIT 1 keeps the
+    -- planner from joining the batch to every account: it expects a hundred operations of any
+    -- batch, and read all of a few thousand accounts to lock a group's eight), then locked
+    -- through the primary key.
+    SELECT array_agg(x.id) INTO v_wallets
+      FROM (SELECT o->>'assetSlug' AS slug, (o->>'userId')::uuid AS user_id
+              FROM jsonb_array_elements(p_ops) o WHERE o->>'op' <> 'TRANSFER'
+            UNION SELECT o->>'assetSlug', (o->>'fromUserId')::uuid
+              FROM jsonb_array_elements(p_ops) o WHERE o->>'op' = 'TRANSFER'
+            UNION SELECT o->>'assetSlug', (o->>'toUserId')::uuid
+              FROM jsonb_array_elements(p_ops) o WHERE o->>'op' = 'TRANSFER') w
+      JOIN assets s ON s.slug = w.slug
+      CROSS JOIN LATERAL (SELECT a.id FROM accounts a
+                           WHERE a.user_id = w.user_id AND a.asset_id = s.id LIMIT 1) x;
+    PERFORM 1 FROM accounts a WHERE a.id = ANY (v_wallets) ORDER BY a.id FOR UPDATE;
     -- Pin one Treasury shard per asset, locked in asset order: every Treasury move of the batch
     -- lands on it (ledger_treasury_move reads the pins), so concurrent batches take their shard
     -- locks in one order too.
@@ -1175,9 +1188,9 @@ RETURNS jsonb LANGUAGE plpgsql AS $$
 -- `p_scope` (a key appears once), posted in one transaction and one commit. Locks are taken as
 -- a posting alone takes them, keys first, then wallets, then the Treasury: every key in key order
 -- (no group holds a wallet while it waits for a key), then every wallet in ascending id order and
--- one Treasury shard per asset (ledger_lock_batch). When every key is new and every posting
--- completes, set-based (ledger_batch_set), each key then stored as wallet_transact stores it;
--- otherwise each posting runs alone, in order, as wallet_transact (ledger_batch_each), which
+-- one Treasury shard per asset (ledger_lock_batch). Keys are claimed as COMPLETED by their
+-- transactions, as wallet_transact claims its key. When every key is new and every posting
+-- completes, set-based (ledger_batch_set), the keys then left as claimed; otherwise each posting runs alone, in order, as wallet_transact (ledger_batch_each), which
 -- decides every other case: a replay, a reused key, a refusal, an unknown user or asset.
 -- Answers {"set": whether the set-based path posted, "results": each posting's answer, as
 -- ledger_batch_op's}.
@@ -1186,9 +1199,10 @@ DECLARE
     v_pins jsonb;
     v_results jsonb;
 BEGIN
-    WITH claimed AS (
-        INSERT INTO idempotency_keys (scope, key, fingerprint)
-        SELECT p_scope, o->>'key', decode(o->>'fingerprint', 'hex')
+    WITH claimed AS (  -- each as COMPLETED by its transaction, as wallet_transact claims it
+        INSERT INTO idempotency_keys (scope, key, fingerprint, outcome, transaction_id)
+        SELECT p_scope, o->>'key', decode(o->>'fingerprint', 'hex'), 'COMPLETED',
+               (o->>'txn')::uuid
           FROM jsonb_array_elements(p_ops) o
          ORDER BY o->>'key'
         ON CONFLICT DO NOTHING
@@ -1198,20 +1212,7 @@ BEGIN
     v_pins := ledger_lock_batch(p_ops);
     IF cardinality(v_claimed) = jsonb_array_length(p_ops) THEN
         v_results := ledger_batch_set(p_ops, p_principal, v_pins);  -- NULL: nothing written
-        IF v_results IS NOT NULL THEN
-            -- Each claimed row, stored as ON CONFLICT finds it: through the primary key, one
-            -- row at a time. (An UPDATE joined on the keys is planned from the scope's
-            -- statistics; for a scope they counted as rare it walked all its keys.)
-            INSERT INTO idempotency_keys AS k (scope, key, fingerprint, outcome, transaction_id,
-                                               balance_before, balance_after)
-            SELECT p_scope, o.v->>'key', decode(o.v->>'fingerprint', 'hex'), 'COMPLETED',
-                   (r.v->>'transactionId')::uuid, (r.v->>'balanceBefore')::bigint,
-                   (r.v->>'balanceAfter')::bigint
-              FROM jsonb_array_elements(p_ops) WITH ORDINALITY o (v, i)
-              JOIN jsonb_array_elements(v_results) WITH ORDINALITY r (v, i) USING (i)
-            ON CONFLICT (scope, key) DO UPDATE
-               SET outcome = excluded.outcome, transaction_id = excluded.transaction_id,
-                   balance_before = excluded.balance_before, balance_after = excluded.balance_after;
+        IF v_results IS NOT NULL THEN  -- every key stays as claimed
             RETURN jsonb_build_object('set', true, 'results', v_results);
         END IF;
     END IF;
