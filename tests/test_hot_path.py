@@ -208,7 +208,7 @@ async def test_a_filtered_history_page_never_waits_for_the_postings_pool(
             page = await resolve.ledger_page(
                 context, user, first=5, after=None, asset_slug=None, tx_type="TOPUP"
             )
-            assert [item.type for item in page.items] == ["TOPUP"]
+            assert [row["type"] for row in page.rows] == ["TOPUP"]
             with pytest.raises(Busy):
                 await resolve.ledger_page(
                     context, user, first=5, after=None, asset_slug=None, tx_type=None
@@ -216,6 +216,6 @@ async def test_a_filtered_history_page_never_waits_for_the_postings_pool(
         page = await resolve.ledger_page(
             context, user, first=5, after=None, asset_slug="gold_coins", tx_type=None
         )
-        assert [item.type for item in page.items] == ["TOPUP"]
+        assert [row["type"] for row in page.rows] == ["TOPUP"]
     finally:
         await pool.close()

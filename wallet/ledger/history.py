@@ -244,6 +244,12 @@ def _metadata_matches(key: str, text_value: str) -> str:
 # A user's whole history is never read, however long: the cost is that of the page. Only a
 # TRANSFER or a REVERSAL has another user (resolvers.transactions.counterparty): no other
 # entry pays for the lookup, about half of a page of postings' reads.
+# A page row's columns (`PageRows`), in the statement's order: a statement that reads a page
+# along with other rows (ledger.overview) selects them from `history_statement` as a subquery.
+PAGE_COLUMNS: Final = (
+    "id, transaction_id, type, principal, reference, metadata, reverses_id,"
+    " asset_id, slug, name, decimals, amount, direction, balance_after, created_at, counterparty"
+)
 _PAGE_SELECT: Final = (
     "SELECT e.id, e.transaction_id, e.type, e.principal, e.reference,"
     "       e.metadata::text AS metadata, e.reverses_id,"
@@ -333,7 +339,51 @@ async def history_on(
     before: int | None = None,
     filters: HistoryFilter | None = None,
 ) -> HistoryPage:
-    """The user's entries, newest first, keyset-paginated on the entry id.
+    """The user's entries, newest first, keyset-paginated on the entry id (`history_rows_on`)."""
+    page = await history_rows_on(pg, user_id, limit=limit, before=before, filters=filters)
+    return HistoryPage(items=[history_item(r) for r in page.rows], next_cursor=page.next_cursor)
+
+
+@dataclass(frozen=True, slots=True)
+class PageRows:
+    """A page as read: rows of PAGE_COLUMNS, newest first, at most the page size, and the next
+    page's cursor (None on the last page). GraphQL builds its objects straight from the rows;
+    REST reads them as `HistoryItem`s."""
+
+    rows: Sequence[asyncpg.Record]
+    next_cursor: str | None
+
+
+def page_of(rows: Sequence[asyncpg.Record], *, limit: int) -> PageRows:
+    """A page of `limit` entries from the rows read for it (one more says another follows)."""
+    if len(rows) <= limit:
+        return PageRows(rows, None)
+    rows = rows[:limit]
+    return PageRows(rows, encode_cursor(rows[-1]["id"]))
+
+
+async def history_rows(
+    conn: AsyncConnection,
+    user_id: uuid.UUID,
+    *,
+    limit: int,
+    before: int | None = None,
+    filters: HistoryFilter | None = None,
+) -> PageRows:
+    """`history_rows_on` the asyncpg connection under an engine's connection."""
+    async with driver(conn) as pg:
+        return await history_rows_on(pg, user_id, limit=limit, before=before, filters=filters)
+
+
+async def history_rows_on(
+    pg: asyncpg.Connection,
+    user_id: uuid.UUID,
+    *,
+    limit: int,
+    before: int | None = None,
+    filters: HistoryFilter | None = None,
+) -> PageRows:
+    """The user's entries, newest first, keyset-paginated on the entry id, as rows.
 
     A user's entries on one account are written under that account's row lock, so their ids
     increase in commit order; a page boundary never skips or repeats a row a reader could see.
@@ -349,23 +399,23 @@ async def history_on(
             raise UserNotFound(f"User {user_id} not found.")
         if not known["asset_found"]:
             raise AssetNotFound(f"Asset {filters.asset_slug!r} not found.")
-    items = [
-        HistoryItem(
-            entry_id=r["id"],
-            transaction_id=r["transaction_id"],
-            type=r["type"],
-            principal=r["principal"],
-            asset=asset_in(r),
-            amount=r["amount"],
-            direction=r["direction"],
-            balance_after=r["balance_after"],
-            created_at=r["created_at"],
-            reference=r["reference"],
-            metadata=orjson.loads(r["metadata"]),
-            counterparty_user_id=r["counterparty"],
-            reverses_transaction_id=r["reverses_id"],
-        )
-        for r in rows[:limit]
-    ]
-    next_cursor = encode_cursor(items[-1].entry_id) if len(rows) > limit else None
-    return HistoryPage(items=items, next_cursor=next_cursor)
+    return page_of(rows, limit=limit)
+
+
+def history_item(r: asyncpg.Record) -> HistoryItem:
+    """A page row (PAGE_COLUMNS) as REST's history shows it."""
+    return HistoryItem(
+        entry_id=r["id"],
+        transaction_id=r["transaction_id"],
+        type=r["type"],
+        principal=r["principal"],
+        asset=asset_in(r),
+        amount=r["amount"],
+        direction=r["direction"],
+        balance_after=r["balance_after"],
+        created_at=r["created_at"],
+        reference=r["reference"],
+        metadata=orjson.loads(r["metadata"]),
+        counterparty_user_id=r["counterparty"],
+        reverses_transaction_id=r["reverses_id"],
+    )

@@ -59,12 +59,17 @@ def _hot_loader(
     return DataLoader(load_fn=load)
 
 
+# A ledger page read along with its wallet: (user, first, the cursor's entry id or None).
+PageKey = tuple[uuid.UUID, int, int | None]
+
+
 class Loaders:
     """The request's DataLoaders, each made when a resolver first asks for it: most operations
-    use one or two of them."""
+    use one or two of them; and the ledger pages read along with their wallets."""
 
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
+        self.pages: dict[PageKey, ledger.PageRows] = {}
 
     @cached_property
     def wallets(self) -> DataLoader[uuid.UUID, ledger.WalletRecord | None]:
@@ -100,6 +105,7 @@ class Loaders:
         for made in vars(self).values():
             if isinstance(made, DataLoader):
                 made.clear_all()
+        self.pages.clear()
 
 
 Guard = Callable[[Principal], None]  # raises Forbidden when the principal may not go on

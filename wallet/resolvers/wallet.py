@@ -20,17 +20,56 @@ from wallet.inputs import (
     parse_tx_type,
 )
 from wallet.resolvers.common import hot_transact, metadata_filter
-from wallet.resolvers.context import Context
-from wallet.resources import read, read_replica
+from wallet.resolvers.context import Context, PageKey
+from wallet.resources import read, read_hot, read_replica
 
 MAX_PAGE = 100
 PAGE = 500  # missed balance changes read at a time
+PageAsked = tuple[int, str | None]  # a ledger page's `first` and `after`, as the query gives them
 
 
-async def user(ctx: Context, user_id: uuid.UUID) -> ledger.UserRecord | None:
+async def user(
+    ctx: Context, user_id: uuid.UUID, *, with_page: PageAsked | None = None
+) -> ledger.UserRecord | None:
+    """The wallet's owner; its balances come along (batched with other wallets').
+
+    `with_page`: the one unfiltered ledger page the query selects under this wallet (`first`,
+    `after`). When its arguments are valid and no replica is configured, the wallet, its
+    balances and that page are one statement (`ledger.wallet_overview`), and the ledger's
+    resolver finds the page read (`known_page`). With a replica, pages stay there and current
+    balances on the primary (`read_replica`); invalid arguments are the ledger's own errors."""
     ctx.who().require_wallet_reader(user_id)
-    found = await ctx.loaders.wallets.load(user_id)
-    return None if found is None else found.user
+    key = _page_key(user_id, with_page) if ctx.resources.replica is None else None
+    if key is None:
+        found = await ctx.loaders.wallets.load(user_id)
+        return None if found is None else found.user
+    _, first, before = key
+    overview = await read_hot(
+        ctx.resources,
+        lambda pg: ledger.wallet_overview_on(pg, user_id, limit=first, before=before),
+        lambda conn: ledger.wallet_overview(conn, user_id, limit=first, before=before),
+    )
+    if overview is None:
+        return None
+    ctx.loaders.wallets.prime(user_id, overview.wallet)
+    ctx.loaders.balances.prime(user_id, overview.wallet.balances)
+    ctx.loaders.pages[key] = overview.page
+    return overview.wallet.user
+
+
+def _page_key(user_id: uuid.UUID, asked: PageAsked | None) -> PageKey | None:
+    """The page's key (`Loaders.pages`), or None when there is no page to read along: none
+    asked, or arguments `ledger_page` refuses (it says why, at the ledger's path)."""
+    if asked is None:
+        return None
+    first, after = asked
+    if not 1 <= first <= MAX_PAGE:
+        return None
+    try:
+        before = ledger.decode_cursor(after) if after else None
+    except ValidationError:
+        return None
+    return user_id, first, before
 
 
 async def balances(
@@ -42,6 +81,24 @@ async def balances(
     if at > datetime.now(UTC):
         raise ValidationError("at must not be in the future.", field="at")
     return await read_replica(ctx.resources, lambda conn: ledger.balances_at(conn, user_id, at))
+
+
+def known_balances(ctx: Context, user_id: uuid.UUID) -> list[ledger.Balance] | None:
+    """The wallet's balances now if this request has read them already (with its wallet),
+    else None: a resolver answers them at once, leaving graphql-core nothing to await."""
+    found = ctx.loaders.balances.cache_map.get(user_id)
+    if found is None or not found.done() or found.cancelled() or found.exception() is not None:
+        return None
+    return found.result()
+
+
+def known_page(
+    ctx: Context, user_id: uuid.UUID, *, first: int, after: str | None
+) -> ledger.PageRows | None:
+    """The unfiltered page read with its wallet (`user`), or None: not read so, or arguments
+    that `ledger_page` refuses (it says why)."""
+    key = _page_key(user_id, (first, after))
+    return None if key is None else ctx.loaders.pages.get(key)
 
 
 async def balance(ctx: Context, user_id: uuid.UUID, asset_id: int) -> ledger.Balance | None:
@@ -96,7 +153,7 @@ async def ledger_page(
     metadata: object = None,
     since: datetime | None = None,
     until: datetime | None = None,
-) -> ledger.HistoryPage:
+) -> ledger.PageRows:
     """A page of the wallet's entries; the filters are ANDed, every metadata key must match."""
     if not 1 <= first <= MAX_PAGE:
         raise ValidationError(f"first must be from 1 to {MAX_PAGE}.", field="first")
@@ -111,9 +168,15 @@ async def ledger_page(
     )
     return await read_replica(  # may come from the replica, never missing our writes
         ctx.resources,
-        lambda conn: ledger.history(conn, user_id, limit=first, before=before, filters=filters),
+        lambda conn: ledger.history_rows(
+            conn, user_id, limit=first, before=before, filters=filters
+        ),
         on_pool=(
-            (lambda pg: ledger.history_on(pg, user_id, limit=first, before=before, filters=filters))
+            (
+                lambda pg: ledger.history_rows_on(
+                    pg, user_id, limit=first, before=before, filters=filters
+                )
+            )
             if filters.bounded
             else None
         ),

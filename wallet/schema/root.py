@@ -12,14 +12,14 @@ from wallet.schema import assets, batches, holds, reversals, transfers
 from wallet.schema import transact as transact_schema
 from wallet.schema.transactions import Transaction
 from wallet.schema.types import Asset, Balance, Ctx
-from wallet.schema.wallets import Wallet
+from wallet.schema.wallets import Wallet, ledger_page_asked
 
 
 @strawberry.type
 class Query:
     @strawberry.field(description="Null for an unknown user.")
     async def wallet(self, info: Ctx, user_id: uuid.UUID) -> Wallet | None:
-        found = await resolve.user(info.context, user_id)
+        found = await resolve.user(info.context, user_id, with_page=ledger_page_asked(info))
         return Wallet.of(found) if found else None
 
     @strawberry.field

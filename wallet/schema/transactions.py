@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
+import orjson
 import strawberry
 from strawberry.scalars import JSON
 
@@ -208,11 +209,20 @@ class LedgerConnection:
     page_info: PageInfo
 
     @classmethod
-    def of(cls, page: ledger.HistoryPage, *, user_id: uuid.UUID) -> LedgerConnection:
-        edges = [
-            LedgerEdge(cursor=ledger.encode_cursor(item.entry_id), node=_node(item, user_id))
-            for item in page.items
-        ]
+    def of(cls, page: ledger.PageRows, *, user_id: uuid.UUID) -> LedgerConnection:
+        """The page of `user_id`'s ledger, built straight from its rows: a page is most of a
+        wallet query's objects, and a layer between (`HistoryItem`) cost as much as these."""
+        assets: dict[int, Asset] = {}  # a page's entries share their few assets
+        edges = []
+        for r in page.rows:
+            asset = assets.get(r["asset_id"])
+            if asset is None:
+                asset = assets[r["asset_id"]] = Asset(
+                    slug=r["slug"], name=r["name"], decimals=r["decimals"], id=r["asset_id"]
+                )
+            edges.append(
+                LedgerEdge(cursor=ledger.encode_cursor(r["id"]), node=_node(r, asset, user_id))
+            )
         return cls(
             edges=edges,
             page_info=PageInfo(
@@ -222,31 +232,36 @@ class LedgerConnection:
         )
 
 
-def _node(item: ledger.HistoryItem, user_id: uuid.UUID) -> LedgerEntry:
-    """An entry of `user_id`'s ledger; its transaction carries what the page read with it."""
-    metadata: dict[str, Any] = dict(item.metadata)
+_TYPES: Final = {t.value: t for t in TransactionType}
+_DIRECTIONS: Final = {d.value: d for d in Direction}
+
+
+def _node(r: Any, asset: Asset, user_id: uuid.UUID) -> LedgerEntry:
+    """An entry of `user_id`'s ledger from its page row (`ledger.PAGE_COLUMNS`); its
+    transaction carries what the page read with it."""
+    amount = Amount(r["amount"])
     transaction = Transaction(
-        id=item.transaction_id,
-        type=TransactionType(item.type),
-        amount=Amount(item.amount),
-        created_at=item.created_at,
-        reference=item.reference,
-        metadata=JSON(metadata),
+        id=r["transaction_id"],
+        type=_TYPES[r["type"]],
+        amount=amount,
+        created_at=r["created_at"],
+        reference=r["reference"],
+        metadata=JSON(orjson.loads(r["metadata"])),
         reason_known=False,
-        asset_id=item.asset.id,
-        recorded_principal=item.principal,
+        asset_id=asset.id,
+        recorded_principal=r["principal"],
         user_id=user_id,
-        reverses_id=item.reverses_transaction_id,
+        reverses_id=r["reverses_id"],
         viewpoint=user_id,
-        counterparty_id=item.counterparty_user_id,
+        counterparty_id=r["counterparty"],
         counterparty_known=True,
     )
     return LedgerEntry(
-        id=strawberry.ID(str(item.entry_id)),
+        id=strawberry.ID(str(r["id"])),
         transaction=transaction,
-        asset=Asset.of(item.asset),
-        direction=Direction(item.direction),
-        amount=Amount(item.amount),
-        balance_after=Amount(item.balance_after),
-        created_at=item.created_at,
+        asset=asset,
+        direction=_DIRECTIONS[r["direction"]],
+        amount=amount,
+        balance_after=Amount(r["balance_after"]),
+        created_at=r["created_at"],
     )
