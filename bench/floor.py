@@ -6,8 +6,9 @@ middleware, no validation beyond what the SQL needs. `make bench` serves it besi
 with the same worker count and reports service / floor per scenario.
 
 Its `/graphql` is the same for GraphQL: Strawberry with its parser and validation caches,
-answering the bench's wallet query (a wallet's balances and a 20-entry ledger page) with the
-service's own two statements, and its transact mutation with the same posting call as the
+answering the bench's wallet query (a wallet's balances and a 20-entry ledger page) with two
+statements, the wallet's and its page's (the service reads both in one), and its transact
+mutation with the same posting call as the
 floor's REST route, and nothing else: what any Strawberry service pays for those operations.
 
     python -m bench.floor --port 3100 --workers 2   (DATABASE_URL names the database)
