@@ -1190,8 +1190,9 @@ RETURNS jsonb LANGUAGE plpgsql AS $$
 -- (no group holds a wallet while it waits for a key), then every wallet in ascending id order and
 -- one Treasury shard per asset (ledger_lock_batch). Keys are claimed as COMPLETED by their
 -- transactions, as wallet_transact claims its key. When every key is new and every posting
--- completes, set-based (ledger_batch_set), the keys then left as claimed; otherwise each posting runs alone, in order, as wallet_transact (ledger_batch_each), which
--- decides every other case: a replay, a reused key, a refusal, an unknown user or asset.
+-- completes, set-based (ledger_batch_set), the keys then left as claimed; otherwise each
+-- posting runs alone, in order, as wallet_transact (ledger_batch_each), which decides every
+-- other case: a replay, a reused key, a refusal, an unknown user or asset.
 -- Answers {"set": whether the set-based path posted, "results": each posting's answer, as
 -- ledger_batch_op's}.
 DECLARE
