@@ -59,8 +59,8 @@ def _hot_loader(
     return DataLoader(load_fn=load)
 
 
-# A ledger page read along with its wallet: (user, first, the cursor's entry id or None).
-PageKey = tuple[uuid.UUID, int, int | None]
+# A ledger page read along with its wallet: (user, first, after), as the query asks for it.
+PageKey = tuple[uuid.UUID, int, str | None]
 
 
 class Loaders:

@@ -20,7 +20,7 @@ from wallet.inputs import (
     parse_tx_type,
 )
 from wallet.resolvers.common import hot_transact, metadata_filter
-from wallet.resolvers.context import Context, PageKey
+from wallet.resolvers.context import Context
 from wallet.resources import read, read_hot, read_replica
 
 MAX_PAGE = 100
@@ -39,11 +39,11 @@ async def user(
     resolver finds the page read (`known_page`). With a replica, pages stay there and current
     balances on the primary (`read_replica`); invalid arguments are the ledger's own errors."""
     ctx.who().require_wallet_reader(user_id)
-    key = _page_key(user_id, with_page) if ctx.resources.replica is None else None
-    if key is None:
+    bounds = _page_bounds(with_page) if ctx.resources.replica is None else None
+    if with_page is None or bounds is None:
         found = await ctx.loaders.wallets.load(user_id)
         return None if found is None else found.user
-    _, first, before = key
+    first, before = bounds
     overview = await read_hot(
         ctx.resources,
         lambda pg: ledger.wallet_overview_on(pg, user_id, limit=first, before=before),
@@ -53,23 +53,22 @@ async def user(
         return None
     ctx.loaders.wallets.prime(user_id, overview.wallet)
     ctx.loaders.balances.prime(user_id, overview.wallet.balances)
-    ctx.loaders.pages[key] = overview.page
+    ctx.loaders.pages[(user_id, *with_page)] = overview.page
     return overview.wallet.user
 
 
-def _page_key(user_id: uuid.UUID, asked: PageAsked | None) -> PageKey | None:
-    """The page's key (`Loaders.pages`), or None when there is no page to read along: none
-    asked, or arguments `ledger_page` refuses (it says why, at the ledger's path)."""
+def _page_bounds(asked: PageAsked | None) -> tuple[int, int | None] | None:
+    """The page's size and the entry id it starts before, or None when there is no page to read
+    along: none asked, or arguments `ledger_page` refuses (it says why, at the ledger's path)."""
     if asked is None:
         return None
     first, after = asked
     if not 1 <= first <= MAX_PAGE:
         return None
     try:
-        before = ledger.decode_cursor(after) if after else None
+        return first, ledger.decode_cursor(after) if after else None
     except ValidationError:
         return None
-    return user_id, first, before
 
 
 async def balances(
@@ -95,10 +94,9 @@ def known_balances(ctx: Context, user_id: uuid.UUID) -> list[ledger.Balance] | N
 def known_page(
     ctx: Context, user_id: uuid.UUID, *, first: int, after: str | None
 ) -> ledger.PageRows | None:
-    """The unfiltered page read with its wallet (`user`), or None: not read so, or arguments
-    that `ledger_page` refuses (it says why)."""
-    key = _page_key(user_id, (first, after))
-    return None if key is None else ctx.loaders.pages.get(key)
+    """The unfiltered page read with its wallet (`user`), or None: not read so (arguments that
+    `ledger_page` refuses never are: it says why)."""
+    return ctx.loaders.pages.get((user_id, first, after))
 
 
 async def balance(ctx: Context, user_id: uuid.UUID, asset_id: int) -> ledger.Balance | None:
