@@ -28,6 +28,7 @@ from strawberry.extensions import (
 )
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.exceptions import CannotGetOperationTypeError
+from strawberry.schema.name_converter import NameConverter
 from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType as StrawberryOperationType
 
@@ -122,6 +123,22 @@ class ShapeErrors(MaskErrors):
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
         request_id = getattr(self.execution_context.context, "request_id", "-")
         return shape_error(error, request_id=request_id, hide_suggestions=self.hide_suggestions)
+
+
+class CachedNames(NameConverter):
+    """Strawberry's names, each worked out once: Strawberry asks for every argument's GraphQL
+    name at every call of its field (to find it among the values given), and camel-cases the
+    Python name each time (the wallet's ledger field has eight arguments)."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_camel_case=True)
+        self._names: dict[str, str] = {}
+
+    def apply_naming_config(self, name: str) -> str:
+        found = self._names.get(name)
+        if found is None:
+            found = self._names[name] = super().apply_naming_config(name)
+        return found
 
 
 class WalletSchema(Schema):
@@ -258,7 +275,7 @@ def build_schema(settings: Settings) -> WalletSchema:
         subscription=Subscription,
         extensions=extensions,
         execution_context_class=PlannedExecutor,
-        config=StrawberryConfig(scalar_map=SCALARS),
+        config=StrawberryConfig(scalar_map=SCALARS, name_converter=CachedNames()),
     )
     schema.hide_suggestions = production
     compile_inputs(schema)
