@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import create_database, drop_database, start_server
 from tests.factories import Factory
@@ -35,7 +37,7 @@ from tests.test_rest_contract import (
     send_body,
     with_field,
 )
-from wallet import auth
+from wallet import auth, ledger
 from wallet.cli import _run, migrate
 from wallet.seed import seed
 
@@ -889,4 +891,84 @@ async def test_concurrent_batches_over_separate_wallets_never_deadlock_on_the_tr
         assert response.status_code == 200, response.text  # no 503 BUSY from a deadlock
     for n, users in enumerate(groups):
         assert await golds(client, users) == [1 + n] * len(users)
+    await audit_ok(client)
+
+
+# --------------------------------------------------------------------------------------------
+# A Treasury without room
+# --------------------------------------------------------------------------------------------
+
+# The most one request moves (2^53 - 1): 1,024 of them fill a Treasury shard to 1,024 coins
+# short of its floor, -2^63, and fill a wallet to 1,024 short of its ceiling.
+PER_SHARD = 1024
+ROOM = 2**63 - PER_SHARD * MAX_AMOUNT
+FILL = text(
+    "SELECT count(*) FILTER (WHERE t.outcome = 'COMPLETED') FROM generate_series(1, :n) g,"
+    " LATERAL wallet_transact('', 'fill-' || gen_random_uuid(), sha256(g::text::bytea), :user,"
+    " :slug, 'TOPUP', :amount, gen_random_uuid(), '', NULL, '{}'::jsonb) t"
+)
+
+
+async def nearly_full_treasury(engine: AsyncEngine, factory: Factory) -> str:
+    """A new asset whose two Treasury shards have room for 1,024 coins each: two wallets were
+    given 1,024 of the largest TOPUPs each, in one statement."""
+    slug = f"full_{uuid.uuid4().hex[:10]}"
+    async with engine.begin() as conn:
+        await ledger.ensure_asset(conn, slug=slug, name="Nearly issued", shards=2)
+    for _ in range(2):
+        holder = await factory.user()
+        async with engine.begin() as conn:
+            params = {"n": PER_SHARD, "user": holder, "slug": slug, "amount": MAX_AMOUNT}
+            assert await conn.scalar(FILL, params) == PER_SHARD
+    return slug
+
+
+async def balance_in(client: httpx.AsyncClient, user: uuid.UUID, slug: str) -> int:
+    rows = assert_ok(await client.get(f"/api/wallet/balance/{user}"))
+    return next((int(r["balance"]) for r in rows if r["slug"] == slug), 0)
+
+
+async def test_a_batch_that_fills_its_treasury_shard_goes_on_to_another_then_is_refused(
+    client: httpx.AsyncClient, engine: AsyncEngine, factory: Factory
+) -> None:
+    """A batch pins one Treasury shard; once a move fills it to -2^63, the next move takes the
+    shard with the most room (the order once negated that balance: bigint out of range, a 500).
+    With no room anywhere, the atomic batch fails naming the operation, and nothing moves."""
+    slug = await nearly_full_treasury(engine, factory)
+    user = await factory.user()
+    operations = [op("TOPUP", user, ROOM, assetSlug=slug), op("TOPUP", user, 1, assetSlug=slug)]
+    filled = results(await post_batch(client, batch(True, operations)))
+    assert [item["balanceAfter"] for item in filled] == [str(ROOM), str(ROOM + 1)]
+    refused = assert_error(
+        await post_batch(client, batch(True, [op("TOPUP", user, ROOM, assetSlug=slug)])),
+        422,
+        "BATCH_FAILED",
+    )
+    assert refused["details"] == {"index": 0, "code": "BALANCE_LIMIT_EXCEEDED"}
+    assert await balance_in(client, user, slug) == ROOM + 1
+    await audit_ok(client)
+
+
+async def test_an_operation_without_treasury_room_is_refused_alone_in_a_non_atomic_batch(
+    client: httpx.AsyncClient, engine: AsyncEngine, factory: Factory
+) -> None:
+    """Each operation runs under its own route's rules: the one the Treasury has no room for is
+    that operation's 422 BALANCE_LIMIT_EXCEEDED (not stored: the same key sent alone runs
+    again), the others complete."""
+    slug = await nearly_full_treasury(engine, factory)
+    user = await factory.user()
+    operations = keyed(*[op("TOPUP", user, ROOM, assetSlug=slug)] * 3)
+    found = results(await post_batch(client, batch(False, operations)))
+    assert [item["status"] for item in found] == [200, 200, 422]
+    assert [item["data"]["balanceAfter"] for item in found[:2]] == [str(ROOM), str(2 * ROOM)]
+    assert found[2]["code"] == "BALANCE_LIMIT_EXCEEDED"
+    assert found[2]["message"] == "The asset's Treasury has no room left for this amount."
+    alone = await client.post(
+        "/api/wallet/transact",
+        json={"userId": str(user), "type": "TOPUP", "amount": ROOM, "assetSlug": slug},
+        headers={"Idempotency-Key": operations[2]["idempotencyKey"]},
+    )
+    assert_error(alone, 422, "BALANCE_LIMIT_EXCEEDED")
+    assert alone.headers.get("Idempotent-Replayed") is None
+    assert await balance_in(client, user, slug) == 2 * ROOM
     await audit_ok(client)

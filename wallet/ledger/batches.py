@@ -22,14 +22,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallet.db.models import IdempotencyKey
 from wallet.errors import (
-    AssetNotFound,
     BatchFailed,
     Declined,
     IdempotencyKeyReused,
-    UserNotFound,
     WalletError,
 )
-from wallet.ledger.common import Stored, call_keyed, declined, fingerprint, parse_time
+from wallet.ledger.common import (
+    Stored,
+    call_keyed,
+    declined,
+    fingerprint,
+    operation_error,
+    parse_time,
+)
 from wallet.ledger.postings import TransactOutcome, TransactRequest, refusal, transact_answer
 from wallet.ledger.transfers import TransferDone, TransferRequest, transfer_outcome
 
@@ -92,12 +97,9 @@ def batch_fingerprint(operations: list[BatchOperation], *, atomic: bool) -> byte
     )
 
 
-_NOT_FOUND: Final = {"USER_NOT_FOUND": UserNotFound, "ASSET_NOT_FOUND": AssetNotFound}
-
-
 def _result(operation: BatchOperation, raw: dict[str, Any]) -> OperationResult:
     if raw["outcome"] == "ERROR":
-        return _NOT_FOUND[raw["code"]](f"{raw['code'].replace('_', ' ').capitalize()}.")
+        return operation_error(raw["code"])
     if not raw["fingerprintMatches"]:
         return IdempotencyKeyReused(
             "This Idempotency-Key was already used for a different request."

@@ -25,6 +25,7 @@ from wallet.errors import (
     TransactionNotFound,
     UserNotFound,
     ValidationError,
+    WalletError,
 )
 
 T = TypeVar("T")
@@ -127,6 +128,22 @@ def raise_for_sqlstate(error: Exception, **names: str) -> NoReturn:
     kind, message = _RAISED[state]
     details = {"field": _FIELDS[state]} if state in _FIELDS else {}
     raise kind(names.get(state, message), **details) from None
+
+
+# ledger_error_code's names of the SQLSTATEs a batch's operation answers as its own ERROR.
+_ERROR_STATES: Final = {
+    "USER_NOT_FOUND": "W0001",
+    "ASSET_NOT_FOUND": "W0002",
+    "BALANCE_LIMIT_EXCEEDED": "W0103",
+}
+
+
+def operation_error(code: str, **names: str) -> WalletError:
+    """The WalletError of an operation that ledger_batch_each answered as ERROR with `code`:
+    what raise_for_sqlstate raises for that SQLSTATE when the operation runs alone."""
+    state = _ERROR_STATES[code]
+    kind, message = _RAISED[state]
+    return kind(names.get(state, message))
 
 
 def parse_time(value: str) -> datetime:

@@ -15,18 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallet.db.models import IdempotencyKey
 from wallet.errors import (
-    AssetNotFound,
     BalanceLimitExceeded,
     Declined,
     IdempotencyKeyReused,
     InsufficientFunds,
-    UserNotFound,
 )
 from wallet.inputs import TxType
 from wallet.ledger.common import (
     Metadata,
     fingerprint,
     metadata_json,
+    operation_error,
     optional_uuid,
     parse_time,
     raise_for_sqlstate,
@@ -123,8 +122,7 @@ def transact_answer(raw: Mapping[str, Any], request: TransactRequest) -> Transac
     """A posting's answer as `ledger_batch_op` writes it in JSON, raised or returned exactly as
     `transact_pg` raises or returns the same answer."""
     if raw["outcome"] == "ERROR":
-        state = {"USER_NOT_FOUND": "W0001", "ASSET_NOT_FOUND": "W0002"}[raw["code"]]
-        raise (UserNotFound if state == "W0001" else AssetNotFound)(_not_found(request)[state])
+        raise operation_error(raw["code"], **_not_found(request))
     row = {
         "outcome": raw["outcome"],
         "replayed": raw["replayed"],

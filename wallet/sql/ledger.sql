@@ -241,7 +241,9 @@ BEGIN
          WHERE a.id = (
                 SELECT t.id FROM accounts t
                  WHERE t.kind = 'TREASURY' AND t.asset_id = p_asset_id
-                 ORDER BY CASE WHEN p_delta < 0 THEN -t.balance ELSE t.balance END
+                 -- The most room: the highest balance for a debit, the lowest for a credit
+                 -- (not by negating a balance, which overflows at -2^63, a shard's floor).
+                 ORDER BY CASE WHEN p_delta < 0 THEN t.balance END DESC, t.balance
                  LIMIT 1)
            AND CASE WHEN p_delta < 0 THEN a.balance >= -9223372036854775808 - p_delta
                     ELSE a.balance <= 9223372036854775807 - p_delta END
@@ -1023,15 +1025,16 @@ END $$;
 CREATE OR REPLACE FUNCTION ledger_error_code(p_state text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE p_state WHEN 'W0001' THEN 'USER_NOT_FOUND' WHEN 'W0002' THEN 'ASSET_NOT_FOUND'
-                        ELSE 'INTERNAL_ERROR' END;
+                        WHEN 'W0103' THEN 'BALANCE_LIMIT_EXCEEDED' ELSE 'INTERNAL_ERROR' END;
 $$;
 --;
 CREATE OR REPLACE FUNCTION ledger_batch_each(
     p_ops jsonb, p_scope text, p_principal text, p_claimed text[] DEFAULT '{}'
 ) RETURNS jsonb LANGUAGE plpgsql AS $$
 -- Each operation alone, in order, under its own key (ledger_batch_op), in the caller's transaction
--- and locks: an unknown user or asset is that operation's ERROR, not the batch's, and releases
--- its key if this transaction claimed it (`p_claimed`), as the operation's own rollback would.
+-- and locks: an unknown user or asset, or an asset's Treasury without room for the operation, is
+-- that operation's ERROR, not the batch's, and releases its key if this transaction claimed it
+-- (`p_claimed`), as the operation's own rollback would.
 DECLARE
     v_results jsonb[] := '{}';
     v_one jsonb;
@@ -1042,7 +1045,7 @@ BEGIN
         v_claimed := coalesce(v_op->>'key' = ANY (p_claimed), false);
         BEGIN
             v_one := ledger_batch_op(v_op, p_scope, p_principal, v_claimed);
-        EXCEPTION WHEN SQLSTATE 'W0001' OR SQLSTATE 'W0002' THEN
+        EXCEPTION WHEN SQLSTATE 'W0001' OR SQLSTATE 'W0002' OR SQLSTATE 'W0103' THEN
             v_one := jsonb_build_object('outcome', 'ERROR', 'code', ledger_error_code(SQLSTATE));
             IF v_claimed THEN
                 DELETE FROM idempotency_keys k WHERE k.scope = p_scope AND k.key = v_op->>'key';
@@ -1164,7 +1167,7 @@ BEGIN
         EXCEPTION
             WHEN SQLSTATE 'W0200' THEN
                 NULL;  -- v_failure says which; everything the batch did is rolled back
-            WHEN SQLSTATE 'W0001' OR SQLSTATE 'W0002' THEN
+            WHEN SQLSTATE 'W0001' OR SQLSTATE 'W0002' OR SQLSTATE 'W0103' THEN
                 v_failure := jsonb_build_object('index', v_index,
                                                 'code', ledger_error_code(SQLSTATE));
         END;
