@@ -986,6 +986,12 @@ def b64(text: str) -> str:
         pytest.param(b64("e:"), id="no-number"),
         pytest.param(b64("e:9223372036854775808"), id="beyond-bigint"),
         pytest.param(b64("e:9999999999999999999"), id="nineteen-nines"),
+        # What the base64 decoder would skip or take: only the cursor as issued is one.
+        pytest.param("Z!T@o#1", id="stray-characters"),
+        pytest.param("ZTo1====", id="padded"),
+        pytest.param(" ZTo1", id="leading-space"),
+        pytest.param("Z\nT\to1", id="whitespace-inside"),
+        pytest.param(b64("e:05"), id="leading-zero"),
     ],
 )
 async def test_garbage_cursor_is_400(

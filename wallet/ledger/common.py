@@ -168,6 +168,10 @@ def decode_cursor(cursor: str, *, prefix: str = "e") -> int:
             raise ValueError(raw)
         if int(number) > MAX_BIGINT:
             raise ValueError(raw)
+        # Exactly as issued: the decoder skips what is not base64 and takes padding, leading
+        # zeros and other spellings of the same number.
+        if encode_cursor(int(number), prefix=prefix) != cursor:
+            raise ValueError(cursor)
         return int(number)
     except ValueError:
         raise ValidationError(
