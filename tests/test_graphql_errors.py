@@ -29,6 +29,7 @@ CODES = {"VALIDATION_ERROR", "QUERY_TOO_COMPLEX"}
 SPEND = "mutation T($input: TransactInput!) { transact(input: $input) { __typename } }"
 FIRST = f'query P($n: Int) {{ wallet(userId: "{ALICE}") {{ ledger(first: $n) {{ edges {{ cursor }} }} }} }}'  # noqa: E501
 HUGE = "9" * 5000
+AT = f'query B($at: DateTime) {{ wallet(userId: "{ALICE}") {{ balances(at: $at) {{ amount }} }} }}'
 
 
 class Server:
@@ -89,10 +90,24 @@ MALFORMED: list[tuple[str, bytes]] = [
     ("operationName an object", b'{"query": "{ __typename }", "operationName": {"a": 1}}'),
     ("operationName a list", b'{"query": "{ __typename }", "operationName": ["A"]}'),
     ("operationName unknown", b'{"query": "query A { __typename }", "operationName": "B"}'),
+    ("operationName a lone surrogate", b'{"query": "query A { __typename }", "operationName": "\\ud800"}'),  # noqa: E501
+    ("operationName a lone surrogate, extensions too", b'{"query": "{ __typename }", "operationName": "\\udfff", "extensions": {}}'),  # noqa: E501
     ("extensions a number", b'{"query": "{ __typename }", "extensions": 5}'),
     ("UUID of another spelling", raw('{ wallet(userId: "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}") { username } }')),  # noqa: E501
     ("UUID variable a number", raw("query W($id: UUID!) { wallet(userId: $id) { username } }", '{"id": 5}')),  # noqa: E501
     ("unknown fragment", raw("{ ...Nope }")),
+    *[
+        (f"DateTime {spelling!r}", raw(AT, json.dumps({"at": spelling})))
+        for spelling in (
+            "2020-01-01T00:00:00\u0000Z",
+            "20200101T000000Z",
+            "2020-W01-1T00:00:00Z",
+            "2020-01-01T00:00:00+00:00:00.5",
+            "2020-01-01T00:00:00.1234567Z",
+            "2020-01-01 00:00:00Z",
+            "2020-01-01T00:00Z",
+        )
+    ],
     ("syntax error", raw("{ assets { slug }")),
     ("nested too deeply", raw("{" + "a {" * 300 + "}" * 301)),
 ]  # fmt: skip
@@ -119,6 +134,35 @@ class TestMalformedRequests:
         output = production.new_output()
         assert "Traceback" not in output, output
         assert "unexpected_error" not in output, output
+
+    @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+    async def test_a_method_graphql_does_not_take_is_405_as_a_graphql_response(
+        self, production: Server, method: str
+    ) -> None:
+        async with httpx.AsyncClient(base_url=production.base, timeout=30) as client:
+            response = await client.request(method, "/graphql")
+        assert response.status_code == 405
+        assert response.headers["content-type"].startswith("application/json")
+        assert response.json() == {
+            "errors": [
+                {
+                    "message": f"{method} is not allowed here.",
+                    "extensions": {"code": "METHOD_NOT_ALLOWED"},
+                }
+            ]
+        }
+
+    async def test_instants_graphql_takes_are_the_ones_rest_takes(self, production: Server) -> None:
+        async with httpx.AsyncClient(base_url=production.base, timeout=30) as client:
+            for spelling in ("2020-01-01T00:00:00Z", "2020-01-01t00:00:00.5+02:00"):
+                response = await client.post(
+                    "/graphql",
+                    content=raw(AT, json.dumps({"at": spelling})),
+                    headers={"content-type": "application/json"},
+                )
+                assert "errors" not in response.json(), response.text
+                rest = await client.get(f"/api/wallet/balance/{ALICE}", params={"at": spelling})
+                assert rest.status_code == 200, rest.text
 
     async def test_unsupported_content_type(self, production: Server) -> None:
         async with httpx.AsyncClient(base_url=production.base, timeout=30) as client:

@@ -56,3 +56,20 @@ def test_a_terminal_gets_readable_lines(capfd: pytest.CaptureFixture[str]) -> No
     assert "readable" in out
     assert str(ALICE) in out
     assert not out.lstrip().startswith("{")
+
+
+@pytest.mark.parametrize("env", ["production", "development"])
+@pytest.mark.usefixtures("reset_logging")
+def test_a_lone_surrogate_from_a_client_is_written_escaped(
+    env: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A client's text can hold a lone surrogate (JSON's "\\ud800"), which no UTF-8 stream
+    takes: the line is written, with the surrogate spelled out."""
+    configure_logging(Settings(database_url="postgresql://unused/db", env=env))
+    structlog.get_logger("wallet.test").warning("odd_name", name="A\ud800B")
+    out = capfd.readouterr().out
+    assert "odd_name" in out
+    if env == "production":
+        assert json.loads(out)["name"] == "A\\ud800B"
+    else:
+        assert "A\\ud800B" in out

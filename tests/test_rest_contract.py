@@ -284,6 +284,30 @@ async def test_wrong_method_is_a_json_405(
     assert_error(await client.request(method, path), 405, "METHOD_NOT_ALLOWED")
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", f"/api/wallet/balance/{ALICE}/"),
+        ("POST", f"{TRANSACT}/"),
+        ("GET", "/healthz/"),
+        ("POST", "/graphql/"),
+    ],
+)
+async def test_a_path_with_a_trailing_slash_is_a_json_404_not_a_redirect(
+    client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    """No redirect to the path without the slash (it was built from the client's own Host
+    header); nothing runs."""
+    response = await client.request(
+        method,
+        path,
+        json={"userId": ALICE, "type": "TOPUP", "amount": 1, "assetSlug": "gold_coins"},
+        headers={"Idempotency-Key": new_key()},
+    )
+    assert_error(response, 404, "NOT_FOUND")
+    assert "location" not in response.headers
+
+
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])
 async def test_health_endpoints_answer_200(client: httpx.AsyncClient, path: str) -> None:
     assert_ok(await client.get(path))

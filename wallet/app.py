@@ -161,7 +161,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[  # one layer: request id, metrics, browser guard, CORS, body limit, auth
             Middleware(
@@ -195,6 +195,10 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
         },
         lifespan=lifespan,
     )
+    # A path with a slash too many is a route that does not exist (404 NOT_FOUND, in JSON),
+    # not a redirect to the path without it, built from the client's own Host header.
+    app.router.redirect_slashes = False
+    return app
 
 
 def app_from_environment() -> Starlette:

@@ -28,14 +28,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wallet.auth import ANONYMOUS, Principal
 from wallet.errors import InvalidHost, OriginNotAllowed, PayloadTooLarge, WalletError
-from wallet.http import error_response, handle_database_error, map_database_error
+from wallet.http import (
+    GRAPHQL_PATH,
+    error_response,
+    handle_database_error,
+    map_database_error,
+)
 from wallet.observability import RequestObserver, RequestRecord, current_request
 from wallet.tracing import Tracing
 
 log = structlog.get_logger("wallet.gateway")
 
 PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz"})  # no Host check, no credentials
-GRAPHQL_PATH: Final = "/graphql"  # refusals there are GraphQL responses
 LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_REQUEST_ID: Final = 64

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import orjson
@@ -45,11 +46,20 @@ _BUSY_STATES = {
 _UNAVAILABLE_STATES = {"53300", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
 
 
+GRAPHQL_PATH: Final = "/graphql"  # errors there are GraphQL responses
+
+
 class JSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        try:
+            return orjson.dumps(content)
+        except orjson.JSONEncodeError:
+            # A client's text echoed in an error can hold what is not UTF-8 (a lone surrogate,
+            # which JSON spells as an escape) or an integer past 64 bits: the standard library
+            # writes both.
+            return json.dumps(content, separators=(",", ":")).encode()
 
 
 def iso(moment: datetime) -> str:
@@ -117,19 +127,30 @@ def map_database_error(error: Exception) -> WalletError | None:
     return None
 
 
+def _on_graphql(request: Request) -> bool:
+    return bool(request.scope["path"] == GRAPHQL_PATH)
+
+
 async def handle_wallet_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WalletError)
     # A refusal the ledger stored for this Idempotency-Key, given again.
-    return error_response(exc, headers={"Idempotent-Replayed": "true"} if exc.replayed else None)
+    return error_response(
+        exc,
+        headers={"Idempotent-Replayed": "true"} if exc.replayed else None,
+        graphql=_on_graphql(request),
+    )
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    graphql = _on_graphql(request)
     if exc.status_code == 404:
-        return error_response(RouteNotFound("No such route."))
+        return error_response(RouteNotFound("No such route."), graphql=graphql)
     if exc.status_code == 405:
         return error_response(
-            MethodNotAllowed(f"{request.method} is not allowed here."), headers=exc.headers
+            MethodNotAllowed(f"{request.method} is not allowed here."),
+            headers=exc.headers,
+            graphql=graphql,
         )
     return JSONResponse(
         error_body("HTTP_ERROR", str(exc.detail)), status_code=exc.status_code, headers=exc.headers
@@ -145,8 +166,10 @@ def internal_error(request: Request, *, graphql: bool = False) -> JSONResponse:
 
 
 async def handle_database_error(
-    request: Request, exc: Exception, *, graphql: bool = False
+    request: Request, exc: Exception, *, graphql: bool | None = None
 ) -> Response:
+    """`graphql`: answer as GraphQL does (default: when the request is to /graphql)."""
+    graphql = _on_graphql(request) if graphql is None else graphql
     mapped = map_database_error(exc)
     if mapped is None:
         return internal_error(request, graphql=graphql)
@@ -160,7 +183,7 @@ async def handle_client_disconnect(request: Request, exc: Exception) -> Response
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    return internal_error(request)
+    return internal_error(request, graphql=_on_graphql(request))
 
 
 @dataclass(frozen=True, slots=True)

@@ -214,7 +214,7 @@ def exists_in_utc(moment: datetime) -> bool:
 
 def parse_instant(value: object, *, field: str, not_future: bool = False) -> datetime:
     """An RFC 3339 timestamp with a time zone (`Z` or an offset)."""
-    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+    if not isinstance(value, str) or not RFC3339.fullmatch(value):
         raise ValidationError(
             f"{field} must be an RFC 3339 timestamp, e.g. 2026-11-27T12:00:00Z.", field=field
         )
@@ -229,7 +229,7 @@ def parse_instant(value: object, *, field: str, not_future: bool = False) -> dat
     return moment
 
 
-_RFC3339 = re.compile(
+RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 

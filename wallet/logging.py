@@ -43,6 +43,8 @@ def redact(text: str) -> str:
         and "basic" not in lowered
     ):
         return text
+    if not text.isascii():  # a lone surrogate (a client's "\ud800") cannot be written out
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
     return text

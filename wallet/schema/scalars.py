@@ -12,7 +12,7 @@ from strawberry.types.scalar import ScalarDefinition
 
 from wallet.errors import ValidationError
 from wallet.http import iso
-from wallet.inputs import MAX_AMOUNT, exists_in_utc, parse_user_id
+from wallet.inputs import MAX_AMOUNT, RFC3339, exists_in_utc, parse_user_id
 
 
 def _parse_amount(value: object) -> int:
@@ -59,8 +59,14 @@ UUID_SCALAR = strawberry.scalar(
 
 
 def _parse_datetime(value: object) -> datetime:
+    """What REST takes (`inputs.parse_instant`): RFC 3339 with `Z` or an offset, no more; the
+    standard library's reader alone also takes week dates, basic format, NULs and the like."""
     try:
-        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+        parsed = (
+            datetime.fromisoformat(value.replace("z", "Z").replace("t", "T"))
+            if isinstance(value, str) and RFC3339.fullmatch(value)
+            else None
+        )
     except ValueError:
         parsed = None
     if parsed is None or parsed.tzinfo is None:
