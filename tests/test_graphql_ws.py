@@ -12,12 +12,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 import websockets
+from graphql import GraphQLSyntaxError, Source
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from websockets.typing import Subprotocol
@@ -28,6 +30,7 @@ from tests.graphql_client import PROTOCOLS, TRANSACT
 from wallet import auth
 from wallet.cli import _run, migrate
 from wallet.db.engine import create_engine
+from wallet.graphql_ws import WalletTransportWSHandler
 from wallet.resolvers.context import build_context
 from wallet.schema.build import build_schema
 from wallet.seed import seed
@@ -447,6 +450,116 @@ async def test_malformed_frames_close_4400_without_a_traceback(
     log = capfd.readouterr()
     assert "Traceback" not in log.out + log.err
     assert "Exception" not in log.out + log.err
+
+
+@contextlib.asynccontextmanager
+async def logged_server(database_url: str, log: Path) -> AsyncIterator[str]:
+    """A server of its own whose output goes to `log`; its WebSocket URL."""
+    proc, base = start_server(database_url, log=log)
+    try:
+        yield base.replace("http://", "ws://") + "/graphql"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def assert_quiet(log: Path) -> None:
+    """Nothing a client sent made the server log an error or a traceback."""
+    text = log.read_text()
+    for sign in ("Traceback", "Exception", "ERROR", '"level": "error"', '"level":"error"'):
+        assert sign not in text, text
+
+
+async def test_a_document_that_does_not_parse_gets_an_error_message(
+    database_url: str, tmp_path: Path
+) -> None:
+    """As a validation error does (and as HTTP answers it): an `error` message with a code, no
+    traceback, and the socket goes on. ParserCache parses where Strawberry catches nothing."""
+    log = tmp_path / "server.log"
+    async with (
+        logged_server(database_url, log) as url,
+        websockets.connect(url, subprotocols=PROTOCOLS) as raw,
+    ):
+        socket = Socket(raw)
+        await socket.init()
+        await socket.send({"id": "1", "type": "subscribe", "payload": {"query": "subscription {"}})
+        assert await socket.receive() == {
+            "id": "1",
+            "type": "error",
+            "payload": [
+                {
+                    "message": "Syntax Error: Expected Name, found <EOF>.",
+                    "locations": [{"line": 1, "column": 15}],
+                    "extensions": {"code": "VALIDATION_ERROR"},
+                }
+            ],
+        }
+        invalid = await socket.operation("2", "{ nope }")  # a validation error: the same shape
+        assert invalid["type"] == "error"
+        assert invalid["payload"][0]["extensions"] == {"code": "VALIDATION_ERROR"}
+        assert set(invalid["payload"][0]) == {"message", "locations", "extensions"}
+        too_long = "{ " + "assets { slug } " * 700 + "}"  # over the 2000-token limit
+        refused = await socket.operation("3", too_long)
+        assert refused["type"] == "error"
+        assert [e["extensions"] for e in refused["payload"]] == [{"code": "QUERY_TOO_COMPLEX"}]
+        assert "errors" not in (await socket.operation("1", ASSETS))["payload"]  # id free again
+    assert_quiet(log)
+
+
+def test_no_parser_makes_a_syntax_error_close_the_socket() -> None:
+    """Without ParserCache, Strawberry's own parser reports a syntax error as a pre-execution
+    error, which it would answer by closing the socket: the wallet answers it as above."""
+    syntax = GraphQLSyntaxError(Source("subscription {"), 14, "Expected Name, found <EOF>.")
+    assert WalletTransportWSHandler._get_pre_execution_close_reason(syntax) is None
+
+
+async def test_an_operation_name_with_a_lone_surrogate_closes_4400(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The close reason names the operation; a surrogate cannot be sent as UTF-8, so it is
+    replaced: the socket closes as for any unknown name, with nothing sent first."""
+    log = tmp_path / "server.log"
+    query = f'subscription A {{ balanceChanged(userId: "{uuid.uuid4()}") {{ amount }} }}'
+    async with logged_server(database_url, log) as url:
+        for name, reason in (
+            ("B", 'Unknown operation named "B".'),
+            ("\ud800", 'Unknown operation named "?".'),
+        ):
+            async with websockets.connect(url, subprotocols=PROTOCOLS) as raw:
+                socket = Socket(raw)
+                await socket.init()
+                payload = {"query": query, "operationName": name}
+                await socket.send({"id": "1", "type": "subscribe", "payload": payload})
+                with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                    message = await socket.receive()
+                    raise AssertionError(f"expected a close, got {message}")
+                assert closed.value.rcvd is not None
+                assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4400, reason)
+    assert_quiet(log)
+
+
+async def test_operations_over_the_per_socket_limit_get_a_coded_error(
+    server: Server, connect: Any, users: Factory
+) -> None:
+    """Strawberry allows 100 operations at once on a socket; the 101st is refused with a code
+    (the rate limit's: the client may retry once one of them ended), and the socket goes on."""
+    user = await users.user(gold=10)
+    _, header = await new_key(server, "read")
+    socket = await connect(header)
+    await socket.init()
+    subscribe = {"query": BALANCE_CHANGED, "variables": {"id": str(user)}}
+    for i in range(100):
+        await socket.send({"id": str(i), "type": "subscribe", "payload": subscribe})
+    await socket.send({"id": "100", "type": "subscribe", "payload": {"query": ASSETS}})
+    assert await socket.receive() == {
+        "id": "100",
+        "type": "error",
+        "payload": [
+            {"message": "Subscription limit reached", "extensions": {"code": "RATE_LIMITED"}}
+        ],
+    }
+    await socket.send({"id": "0", "type": "complete"})  # one ends: room for another
+    assert "errors" not in (await socket.operation("100", ASSETS))["payload"]
 
 
 async def test_only_graphql_transport_ws_is_spoken(server: Server) -> None:

@@ -27,7 +27,12 @@ without valid credentials, 4408, 4409, 4429):
 
 An operation refused by the rate limit, or while the database cannot verify the credential,
 gets an `error` message with the HTTP surface's code (`RATE_LIMITED`, `BUSY`,
-`SERVICE_UNAVAILABLE`) and the socket stays open. Only graphql-transport-ws is spoken: the
+`SERVICE_UNAVAILABLE`) and the socket stays open; so does one over Strawberry's limit of
+operations running at once on a socket (`RATE_LIMITED` too: it may run once another ended).
+A document that does not parse gets an `error` message (`VALIDATION_ERROR`, or
+`QUERY_TOO_COMPLEX` over the token limit), as one that does not validate: the socket stays
+open. An operationName the document lacks closes it with 4400 (Strawberry's rule), its reason
+made valid UTF-8 whatever the name holds. Only graphql-transport-ws is spoken: the
 legacy `graphql-ws` protocol would bypass all of this.
 """
 
@@ -37,9 +42,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Mapping
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import structlog
+from graphql import GraphQLError, GraphQLSyntaxError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -49,6 +55,7 @@ from strawberry.http.async_base_view import AsyncBaseHTTPView
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
+    Operation,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     ConnectionInitMessage,
@@ -63,6 +70,10 @@ from wallet.http import map_database_error
 from wallet.jsonbody import parse_json
 from wallet.resolvers.context import Context
 from wallet.resources import resources
+from wallet.schema.build import shape_error
+
+if TYPE_CHECKING:
+    from strawberry.schema.schema import StreamResult
 
 log = structlog.get_logger("wallet.graphql_ws")
 
@@ -82,8 +93,9 @@ class CloseSocket(Exception):
 
 
 def close_reason(text: str) -> str:
-    """`text` cut to what a close frame carries, on a UTF-8 character boundary."""
-    return text.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
+    """`text` cut to what a close frame carries, on a UTF-8 character boundary. What UTF-8
+    cannot carry (a lone surrogate, say from a client's operationName) becomes "?"."""
+    return text.encode(errors="replace")[:_MAX_REASON_BYTES].decode(errors="ignore")
 
 
 def _shape_problem(message: object) -> str | None:
@@ -257,7 +269,33 @@ class WalletTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             except RateLimited as limited:
                 await self._refuse(message["id"], limited)
                 return
+            limit = self.max_subscriptions_per_connection
+            if limit is not None and len(self.operations) >= limit:  # Strawberry's, coded
+                await self._refuse(message["id"], RateLimited("Subscription limit reached"))
+                return
         await super().handle_subscribe(message)  # the protocol's own checks, then the operation
+
+    async def _send_result_stream(
+        self, operation: Operation[Context, None], result_source: StreamResult
+    ) -> None:
+        """A document that does not parse gets an `error` message, shaped as the schema shapes
+        every error: ParserCache parses in `on_parse`, which Strawberry runs outside its own
+        `except GraphQLError`, so the syntax error escapes the stream before its first result
+        (and would be logged as the worker task's crash, the client told only `complete`)."""
+        try:
+            await super()._send_result_stream(operation, result_source)
+        except GraphQLSyntaxError as error:
+            hide = bool(getattr(self.schema, "hide_suggestions", False))
+            shaped = shape_error(error, request_id=self.context.request_id, hide_suggestions=hide)
+            await operation.send_initial_errors([shaped])
+
+    @staticmethod
+    def _get_pre_execution_close_reason(error: GraphQLError) -> str | None:
+        """Strawberry closes the socket (4400) for a syntax error its own parser reports; the
+        wallet answers it as any invalid document, whichever extension parsed it."""
+        if isinstance(error, GraphQLSyntaxError):
+            return None
+        return BaseGraphQLTransportWSHandler._get_pre_execution_close_reason(error)
 
     async def _recheck(self, operation_id: str | None = None) -> Principal | None:
         """Authenticate the socket's credential again; None when that closed the socket or

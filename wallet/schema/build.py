@@ -106,8 +106,8 @@ def shape_error(error: GraphQLError, *, request_id: str, hide_suggestions: bool)
     if "code" in extensions and message == error.message:
         return error
     code = extensions.get("code") or (TOO_COMPLEX if _aborted(error) else "VALIDATION_ERROR")
-    # In place: the error keeps its class, which the WebSocket transport looks at (it closes
-    # the socket on a GraphQLSyntaxError), and shaping an error twice changes nothing.
+    # In place: the error keeps its class, which the WebSocket transport looks at (it answers
+    # a GraphQLSyntaxError with an `error` message), and shaping an error twice changes nothing.
     error.message = message
     error.extensions = {**extensions, "code": code}
     return error
