@@ -11,13 +11,14 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.factories import Factory
+from wallet.http import JSONResponse
 from wallet.inputs import TxType
 
 ALICE = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
@@ -1179,3 +1180,22 @@ async def test_bad_user_id_is_400(client: httpx.AsyncClient, user_id: object) ->
 @pytest.mark.parametrize("raw", [b"", b"{", b"[]", b"null", b'"alice"'])
 async def test_create_user_with_a_bad_body_is_400(client: httpx.AsyncClient, raw: bytes) -> None:
     assert_error(await client.post("/api/users", content=raw), 400, "VALIDATION_ERROR")
+
+
+def test_an_answer_orjson_cannot_write_is_written_as_orjson_would_otherwise() -> None:
+    """A lone surrogate (from a client's text echoed in an error) or an integer past 64 bits
+    makes orjson refuse the body: the standard library writes it, with the values orjson writes
+    natively written as orjson writes them."""
+    body = {
+        "name": "A\ud800",
+        "id": uuid.UUID(ALICE),
+        "at": datetime(2026, 11, 28, 12, 0, tzinfo=UTC),
+        "big": 2**70,
+    }
+    written = json.loads(JSONResponse(body).body)
+    assert written == {
+        "name": "A\ud800",
+        "id": ALICE,
+        "at": "2026-11-28T12:00:00+00:00",
+        "big": 2**70,
+    }

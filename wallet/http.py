@@ -58,8 +58,14 @@ class JSONResponse(Response):
         except orjson.JSONEncodeError:
             # A client's text echoed in an error can hold what is not UTF-8 (a lone surrogate,
             # which JSON spells as an escape) or an integer past 64 bits: the standard library
-            # writes both.
-            return json.dumps(content, separators=(",", ":")).encode()
+            # writes both (and what orjson writes natively, as orjson writes it).
+            return json.dumps(content, separators=(",", ":"), default=_as_orjson).encode()
+
+
+def _as_orjson(value: object) -> object:
+    """A value the standard library's JSON lacks, written as orjson writes it (UUIDs and dates,
+    in the bodies the service builds)."""
+    return orjson.loads(orjson.dumps(value))
 
 
 def iso(moment: datetime) -> str:
