@@ -1192,7 +1192,7 @@ def test_an_answer_orjson_cannot_write_is_written_as_orjson_would_otherwise() ->
         "at": datetime(2026, 11, 28, 12, 0, tzinfo=UTC),
         "big": 2**70,
     }
-    written = json.loads(JSONResponse(body).body)
+    written = json.loads(bytes(JSONResponse(body).body))
     assert written == {
         "name": "A\ud800",
         "id": ALICE,
