@@ -22,7 +22,7 @@ import websockets
 from graphql import GraphQLSyntaxError, Source
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from websockets.typing import Subprotocol
+from websockets.typing import Origin, Subprotocol
 
 from tests.conftest import create_database, drop_database, start_server
 from tests.factories import Factory, in_process_resources
@@ -617,3 +617,25 @@ async def test_an_unauthenticated_context_runs_nothing(
     assert first.errors is not None
     assert first.errors[0].extensions == {"code": "UNAUTHENTICATED"}
     assert await factory.balance(user) == 10
+
+
+async def test_a_refused_upgrade_is_not_logged_as_an_error(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A cross-site upgrade gets the gateway's JSON 403, never a 101, and the log says only that
+    it was rejected (uvicorn logged an ERROR for each: a client could fill the error log)."""
+    log = tmp_path / "server.log"
+    async with logged_server(database_url, log) as url:
+        for _ in range(3):
+            with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+                async with websockets.connect(
+                    url, subprotocols=PROTOCOLS, origin=Origin("https://evil.example")
+                ):
+                    pass
+            assert refused.value.response.status_code == 403
+            body = json.loads(bytes(refused.value.response.body or b""))
+            assert body["code"] == "ORIGIN_NOT_ALLOWED"
+        async with websockets.connect(url, subprotocols=PROTOCOLS) as raw:
+            await Socket(raw).init()  # a socket the gateway lets through still works
+    assert_quiet(log)
+    assert "rejected" in log.read_text()

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -122,9 +123,36 @@ def _shape_problem(message: object) -> str | None:
     return None
 
 
+_NO_HANDSHAKE: Final = "ASGI callable returned without completing handshake."
+
+
+class _QuietRefusals:
+    """uvicorn's error logger for one connection, without the ERROR line uvicorn writes when
+    the app refused the handshake with an HTTP response (the gateway's JSON 403 or 400): that
+    is an answer, which uvicorn logs already ("connection rejected"), not a failure; a client
+    could fill the error log with them. Everything else goes to the logger as it is."""
+
+    def __init__(self, protocol: WalletWebSocketProtocol) -> None:
+        self._protocol = protocol
+        self._logger = protocol.logger
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
+
+    def error(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if msg == _NO_HANDSHAKE and self._protocol.initial_response is not None:
+            return
+        self._logger.error(msg, *args, **kwargs)
+
+
 class WalletWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol (`wallet serve` uses it), closing a text frame that is not
-    UTF-8 with 4400 like any other malformed frame: uvicorn's own logs a traceback for it."""
+    UTF-8 with 4400 like any other malformed frame: uvicorn's own logs a traceback for it. A
+    handshake refused with an HTTP response is not logged as an error (`_QuietRefusals`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.logger = cast("logging.Logger", _QuietRefusals(self))
 
     def send_receive_event_to_app(self) -> None:
         if self.curr_msg_data_type == "text" and not self.close_sent:
