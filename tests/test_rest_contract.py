@@ -692,6 +692,27 @@ async def test_missing_idempotency_key_is_400(client: httpx.AsyncClient, factory
     assert await snapshot(client, user) == before
 
 
+@pytest.mark.parametrize("second", ["another-key", "same"])
+async def test_two_idempotency_keys_are_400_and_nothing_moves(
+    client: httpx.AsyncClient, factory: Factory, second: str
+) -> None:
+    """Ambiguous: a retry could name either key. Refused, as a repeated query parameter is."""
+    user = await factory.user(gold=10)
+    before = await snapshot(client, user)
+    key = new_key()
+    response = await client.post(
+        TRANSACT,
+        json=tx_body(user, 5),
+        headers=[
+            ("Idempotency-Key", key),
+            ("Idempotency-Key", key if second == "same" else second),
+        ],
+    )
+    body = assert_error(response, 400, "VALIDATION_ERROR")
+    assert body["details"] == {"field": "Idempotency-Key"}
+    assert await snapshot(client, user) == before
+
+
 @pytest.mark.parametrize(
     "key",
     [

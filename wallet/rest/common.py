@@ -11,11 +11,14 @@ from wallet.inputs import parse_idempotency_key
 
 
 def idempotency_key(request: Request) -> str:
-    """The required Idempotency-Key header of a write."""
-    raw_key = request.headers.get("idempotency-key")
-    if raw_key is None:
+    """The required Idempotency-Key header of a write, given once: two would be ambiguous (a
+    retry could name either), so they are refused, as a repeated query parameter is."""
+    keys = request.headers.getlist("idempotency-key")
+    if not keys:
         raise IdempotencyKeyMissing("The Idempotency-Key header is required.")
-    return parse_idempotency_key(raw_key)
+    if len(keys) > 1:
+        raise ValidationError("Idempotency-Key is given more than once.", field="Idempotency-Key")
+    return parse_idempotency_key(keys[0])
 
 
 def query_param(request: Request, name: str) -> str | None:
