@@ -106,8 +106,12 @@ def batch(atomic: bool, operations: list[Json]) -> Json:
 
 
 async def gold(client: httpx.AsyncClient, user: uuid.UUID | str) -> int:
+    return await balance_in(client, user, GOLD)
+
+
+async def balance_in(client: httpx.AsyncClient, user: uuid.UUID | str, slug: str) -> int:
     rows = assert_ok(await client.get(f"/api/wallet/balance/{user}"))
-    return next((int(r["balance"]) for r in rows if r["slug"] == GOLD), 0)
+    return next((int(r["balance"]) for r in rows if r["slug"] == slug), 0)
 
 
 async def golds(client: httpx.AsyncClient, users: list[uuid.UUID]) -> list[int]:
@@ -921,11 +925,6 @@ async def nearly_full_treasury(engine: AsyncEngine, factory: Factory) -> str:
             params = {"n": PER_SHARD, "user": holder, "slug": slug, "amount": MAX_AMOUNT}
             assert await conn.scalar(FILL, params) == PER_SHARD
     return slug
-
-
-async def balance_in(client: httpx.AsyncClient, user: uuid.UUID, slug: str) -> int:
-    rows = assert_ok(await client.get(f"/api/wallet/balance/{user}"))
-    return next((int(r["balance"]) for r in rows if r["slug"] == slug), 0)
 
 
 async def test_a_batch_that_fills_its_treasury_shard_goes_on_to_another_then_is_refused(

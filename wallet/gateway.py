@@ -28,12 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wallet.auth import ANONYMOUS, Principal
 from wallet.errors import InvalidHost, OriginNotAllowed, PayloadTooLarge, WalletError
-from wallet.http import (
-    GRAPHQL_PATH,
-    error_response,
-    handle_database_error,
-    map_database_error,
-)
+from wallet.http import error_response, handle_database_error, is_graphql, map_database_error
 from wallet.observability import RequestObserver, RequestRecord, current_request
 from wallet.tracing import Tracing
 
@@ -165,7 +160,7 @@ async def answer_database_trouble(
     handshake's answer)."""
     if scope["type"] == "http":
         request = Request(scope, receive)
-        response = await handle_database_error(request, trouble, graphql=is_graphql(scope))
+        response = await handle_database_error(request, trouble)
         await response(scope, receive, send)
         return
     mapped = map_database_error(trouble)
@@ -173,11 +168,6 @@ async def answer_database_trouble(
         raise trouble
     log.warning("database_trouble", error=type(trouble).__name__, detail=str(trouble)[:300])
     await error_response(mapped)(scope, receive, send)
-
-
-def is_graphql(scope: Scope) -> bool:
-    """An HTTP request to the GraphQL endpoint, whose clients read `errors[].extensions.code`."""
-    return bool(scope["type"] == "http" and scope["path"] == GRAPHQL_PATH)
 
 
 async def refuse(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
-import orjson
 from cross_web import AsyncHTTPRequestAdapter
 from cross_web import HTTPException as StrawberryHTTPException
 from starlette.requests import Request
@@ -26,7 +24,7 @@ from wallet.graphql_ws import (
     WalletWebSocketAdapter,
     authenticate_connection_init,
 )
-from wallet.http import JSONResponse, error_response
+from wallet.http import JSONResponse, error_response, json_bytes
 from wallet.jsonbody import parse_json_object
 from wallet.resolvers.context import Context, build_context
 from wallet.resources import resources
@@ -72,12 +70,8 @@ class WalletGraphQL(GraphQL[Context, None]):
         return HTMLResponse(GRAPHIQL_PAGE)
 
     def encode_json(self, data: object) -> str:
-        """Responses and WebSocket messages (text frames: a str) by orjson, as REST's; what it
-        cannot encode (an integer past 64 bits), by the standard library, as before."""
-        try:
-            return orjson.dumps(data).decode()
-        except orjson.JSONEncodeError:
-            return json.dumps(data, separators=(",", ":"))
+        """Responses and WebSocket messages (text frames: a str), written as REST's are."""
+        return json_bytes(data).decode()
 
     def decode_json(self, data: str | bytes) -> object:
         """The HTTP body (and GET's JSON parameters), read by the strict reader: invalid UTF-8,

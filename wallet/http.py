@@ -19,6 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from wallet.errors import (
@@ -49,17 +50,27 @@ _UNAVAILABLE_STATES = {"53300", "57P01", "57P02", "57P03", "08000", "08003", "08
 GRAPHQL_PATH: Final = "/graphql"  # errors there are GraphQL responses
 
 
+def is_graphql(scope: Scope) -> bool:
+    """An HTTP request to the GraphQL endpoint, whose clients read `errors[].extensions.code`."""
+    return bool(scope["type"] == "http" and scope["path"] == GRAPHQL_PATH)
+
+
+def json_bytes(content: object) -> bytes:
+    """An answer's JSON (REST's and GraphQL's) by orjson. A client's text echoed in an error can
+    hold what is not UTF-8 (a lone surrogate, which JSON spells as an escape), and a value can
+    be an integer past 64 bits: orjson refuses both, the standard library writes them (and what
+    orjson writes natively, as orjson writes it)."""
+    try:
+        return orjson.dumps(content)
+    except orjson.JSONEncodeError:
+        return json.dumps(content, separators=(",", ":"), default=_as_orjson).encode()
+
+
 class JSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        try:
-            return orjson.dumps(content)
-        except orjson.JSONEncodeError:
-            # A client's text echoed in an error can hold what is not UTF-8 (a lone surrogate,
-            # which JSON spells as an escape) or an integer past 64 bits: the standard library
-            # writes both (and what orjson writes natively, as orjson writes it).
-            return json.dumps(content, separators=(",", ":"), default=_as_orjson).encode()
+        return json_bytes(content)
 
 
 def _as_orjson(value: object) -> object:
@@ -133,23 +144,19 @@ def map_database_error(error: Exception) -> WalletError | None:
     return None
 
 
-def _on_graphql(request: Request) -> bool:
-    return bool(request.scope["path"] == GRAPHQL_PATH)
-
-
 async def handle_wallet_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WalletError)
     # A refusal the ledger stored for this Idempotency-Key, given again.
     return error_response(
         exc,
         headers={"Idempotent-Replayed": "true"} if exc.replayed else None,
-        graphql=_on_graphql(request),
+        graphql=is_graphql(request.scope),
     )
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    graphql = _on_graphql(request)
+    graphql = is_graphql(request.scope)
     if exc.status_code == 404:
         return error_response(RouteNotFound("No such route."), graphql=graphql)
     if exc.status_code == 405:
@@ -171,11 +178,8 @@ def internal_error(request: Request, *, graphql: bool = False) -> JSONResponse:
     return error_response(masked, graphql=graphql)
 
 
-async def handle_database_error(
-    request: Request, exc: Exception, *, graphql: bool | None = None
-) -> Response:
-    """`graphql`: answer as GraphQL does (default: when the request is to /graphql)."""
-    graphql = _on_graphql(request) if graphql is None else graphql
+async def handle_database_error(request: Request, exc: Exception) -> Response:
+    graphql = is_graphql(request.scope)
     mapped = map_database_error(exc)
     if mapped is None:
         return internal_error(request, graphql=graphql)
@@ -189,7 +193,7 @@ async def handle_client_disconnect(request: Request, exc: Exception) -> Response
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    return internal_error(request, graphql=_on_graphql(request))
+    return internal_error(request, graphql=is_graphql(request.scope))
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,9 +125,13 @@ def raise_for_sqlstate(error: Exception, **names: str) -> NoReturn:
     state = sqlstate(error)
     if state not in _RAISED:
         raise error
+    raise _raised(state, names) from None
+
+
+def _raised(state: str, names: Mapping[str, str]) -> WalletError:
     kind, message = _RAISED[state]
     details = {"field": _FIELDS[state]} if state in _FIELDS else {}
-    raise kind(names.get(state, message), **details) from None
+    return kind(names.get(state, message), **details)
 
 
 # ledger_error_code's names of the SQLSTATEs a batch's operation answers as its own ERROR.
@@ -141,9 +145,7 @@ _ERROR_STATES: Final = {
 def operation_error(code: str, **names: str) -> WalletError:
     """The WalletError of an operation that ledger_batch_each answered as ERROR with `code`:
     what raise_for_sqlstate raises for that SQLSTATE when the operation runs alone."""
-    state = _ERROR_STATES[code]
-    kind, message = _RAISED[state]
-    return kind(names.get(state, message))
+    return _raised(_ERROR_STATES[code], names)
 
 
 def parse_time(value: str) -> datetime:
