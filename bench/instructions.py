@@ -11,6 +11,10 @@ posting without start-up. The older revision is measured on the same data after
 service prepares it once per connection): the same for both revisions, so the difference is the
 posting's own.
 
+A TOPUP in a group is counted the same way: groups of 8 TOPUPs to distinct users, each one call
+of `wallet_transact_group` as group commit makes it (10 and then 50 groups), divided by the 320
+postings between them. A revision older than group commit (migration 0008) has no such row.
+
 Usage: python -m bench.instructions [--against 0006]   (make bench-instructions)
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import re
 import shutil
@@ -27,6 +32,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import asyncpg
 from alembic import command
 
 from bench import seeding
@@ -35,6 +41,8 @@ from wallet.migrations import alembic_config
 
 USERS = 1_000
 FEW, MANY = 50, 250
+GROUP = 8  # TOPUPs per grouped call, as group commit makes them at 32 clients
+FEW_GROUPS, MANY_GROUPS = 10, 50
 
 # wallet.ledger.postings' statement, with the values the service binds written in.
 TOPUP = (
@@ -61,9 +69,36 @@ def statements(count: int, seed: int = 7) -> str:
     return "\n".join(lines) + "\n"
 
 
-def instructions(server: Server, workdir: Path, script: str) -> int:
+def group_statements(count: int, seed: int = 11) -> str:
+    """`count` calls of `wallet_transact_group`, each with GROUP TOPUPs of one coin to distinct
+    random bench users, as `ledger.transact_group_pg` sends them."""
+    draw = random.Random(seed)
+    lines = []
+    for _ in range(count):
+        operations = [
+            {
+                "op": "TOPUP",
+                "assetSlug": "gold_coins",
+                "amount": 1,
+                "reference": None,
+                "metadata": {},
+                "txn": str(uuid.UUID(int=draw.getrandbits(128), version=4)),
+                "key": str(uuid.UUID(int=draw.getrandbits(128))),
+                "fingerprint": draw.randbytes(32).hex(),
+                "userId": str(seeding.user_id(n)),
+            }
+            for n in draw.sample(range(1, USERS + 1), GROUP)
+        ]
+        lines.append(f"SELECT wallet_transact_group('', '{json.dumps(operations)}'::jsonb, '')")
+    return "\n".join(lines) + "\n"
+
+
+def instructions(
+    server: Server, workdir: Path, script: str, *, completed: int, sets: int = 0
+) -> int:
     """callgrind's instruction total for `postgres --single` running `script` on a copy of the
-    server's (stopped) data directory."""
+    server's (stopped) data directory; `completed` postings must say COMPLETED, and `sets`
+    groups must have been posted set-based (not each alone)."""
     copy = workdir / "copy"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(server.datadir, copy, symlinks=True)
@@ -82,9 +117,12 @@ def instructions(server: Server, workdir: Path, script: str) -> int:
         check=True,
         timeout=1800,
     )  # fmt: skip
-    completed = done.stdout.count('outcome = "COMPLETED"')
-    if completed != script.count("\n"):
-        raise RuntimeError(f"{completed} TOPUPs completed of {script.count(chr(10))}")
+    # A TOPUP alone prints `outcome = "COMPLETED"`; a group, its jsonb `"outcome": "COMPLETED"`.
+    found_completed = len(re.findall(r'outcome"?\s*[=:]\s*\\?"COMPLETED', done.stdout))
+    if found_completed != completed:
+        raise RuntimeError(f"{found_completed} TOPUPs completed of {completed}")
+    if done.stdout.count('"set": true') != sets:
+        raise RuntimeError(f"{sets} groups expected set-based: {done.stdout[-2000:]}")
     found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
     if found is None:
         raise RuntimeError(f"no instruction total in {out}")
@@ -93,9 +131,38 @@ def instructions(server: Server, workdir: Path, script: str) -> int:
 
 
 def per_posting(server: Server, workdir: Path) -> int:
-    few = instructions(server, workdir, statements(FEW))
-    many = instructions(server, workdir, statements(MANY))
+    few = instructions(server, workdir, statements(FEW), completed=FEW)
+    many = instructions(server, workdir, statements(MANY), completed=MANY)
     return (many - few) // (MANY - FEW)
+
+
+def per_grouped_posting(server: Server, workdir: Path) -> int:
+    few, many = (
+        instructions(
+            server, workdir, group_statements(groups), completed=groups * GROUP, sets=groups
+        )
+        for groups in (FEW_GROUPS, MANY_GROUPS)
+    )
+    return (many - few) // ((MANY_GROUPS - FEW_GROUPS) * GROUP)
+
+
+async def _has_group_commit(url: str) -> bool:
+    conn = await asyncpg.connect(url)
+    try:
+        return bool(await conn.fetchval("SELECT to_regproc('wallet_transact_group') IS NOT NULL"))
+    finally:
+        await conn.close()
+
+
+def measure(pair: Pair, workdir: Path) -> tuple[int, int | None]:
+    """Per TOPUP alone and per TOPUP in a group (None before group commit), at the primary's
+    revision; the primary is running before and after."""
+    grouped = asyncio.run(_has_group_commit(pair.primary_url))
+    pair.primary.stop()
+    alone = per_posting(pair.primary, workdir)
+    in_group = per_grouped_posting(pair.primary, workdir) if grouped else None
+    pair.primary.start()
+    return alone, in_group
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,19 +179,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pair.start_primary()
         asyncio.run(seeding.prepare(url, users=USERS, history_users=0))
-        pair.primary.stop()
-        head = per_posting(pair.primary, workdir)
-        pair.primary.start()
+        head = measure(pair, workdir)
         command.downgrade(alembic_config(url), args.against)
-        pair.primary.stop()
-        older = per_posting(pair.primary, workdir)
+        older = measure(pair, workdir)
     finally:
         pair.close()
-    print(f"PostgreSQL instructions per TOPUP (callgrind, {MANY - FEW} postings, single-user mode)")
-    print("| revision | instructions | vs the older |")
-    print("|---|---:|---:|")
-    print(f"| {args.against} | {older:,} | 1.00 |")
-    print(f"| head | {head:,} | {head / older:.2f} |")
+    print(
+        f"PostgreSQL instructions per TOPUP (callgrind, single-user mode): alone ({MANY - FEW}"
+        f" postings) and in groups of {GROUP} ({(MANY_GROUPS - FEW_GROUPS) * GROUP} postings)"
+    )
+    print("| revision | alone | vs the older | in a group | vs alone |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (alone, in_group) in ((args.against, older), ("head", head)):
+        grouped = f"{in_group:,} | {in_group / alone:.2f}" if in_group else "— | —"
+        print(f"| {name} | {alone:,} | {alone / older[0]:.2f} | {grouped} |")
     return 0
 
 
