@@ -75,7 +75,7 @@ def group_statements(count: int, seed: int = 11) -> str:
     draw = random.Random(seed)
     lines = []
     for _ in range(count):
-        operations = [
+        operations: list[dict[str, object]] = [
             {
                 "op": "TOPUP",
                 "assetSlug": "gold_coins",
