@@ -25,7 +25,6 @@ from wallet.audit import audit
 from wallet.db.engine import create_pool
 from wallet.errors import (
     AssetNotFound,
-    BalanceLimitExceeded,
     IdempotencyKeyReused,
     UserNotFound,
     WalletError,
@@ -446,19 +445,13 @@ async def test_a_group_holding_a_transfer_is_refused_before_anything_posts(
     [
         ("USER_NOT_FOUND", UserNotFound, "User {user} not found."),
         ("ASSET_NOT_FOUND", AssetNotFound, "Asset 'gold_coins' not found."),
-        (
-            "BALANCE_LIMIT_EXCEEDED",
-            BalanceLimitExceeded,
-            "The asset's Treasury has no room left for this amount.",
-        ),
     ],
 )
 def test_a_grouped_posting_answered_as_an_error_raises_what_it_raises_alone(
     code: str, error: type[WalletError], message: str
 ) -> None:
-    """ledger_batch_each answers an operation's unknown user or asset, or a Treasury without
-    room for it, as that operation's ERROR: its poster raises what wallet_transact's SQLSTATE
-    raises for the same request alone."""
+    """ledger_batch_each answers an operation's unknown user or asset as that operation's ERROR:
+    its poster raises what wallet_transact's SQLSTATE raises for the same request alone."""
     user = uuid.uuid4()
     request = ledger.TransactRequest(user, "gold_coins", 5, "TOPUP")
     with pytest.raises(error) as raised:

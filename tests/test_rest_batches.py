@@ -952,8 +952,8 @@ async def test_an_operation_without_treasury_room_is_refused_alone_in_a_non_atom
     client: httpx.AsyncClient, engine: AsyncEngine, factory: Factory
 ) -> None:
     """Each operation runs under its own route's rules: the one the Treasury has no room for is
-    that operation's 422 BALANCE_LIMIT_EXCEEDED (not stored: the same key sent alone runs
-    again), the others complete."""
+    that operation's 422 BALANCE_LIMIT_EXCEEDED, stored (the same key sent alone replays it),
+    the others complete."""
     slug = await nearly_full_treasury(engine, factory)
     user = await factory.user()
     operations = keyed(*[op("TOPUP", user, ROOM, assetSlug=slug)] * 3)
@@ -968,6 +968,49 @@ async def test_an_operation_without_treasury_room_is_refused_alone_in_a_non_atom
         headers={"Idempotency-Key": operations[2]["idempotencyKey"]},
     )
     assert_error(alone, 422, "BALANCE_LIMIT_EXCEEDED")
-    assert alone.headers.get("Idempotent-Replayed") is None
+    assert alone.headers.get("Idempotent-Replayed") == "true"
     assert await balance_in(client, user, slug) == 2 * ROOM
+    await audit_ok(client)
+
+
+async def test_a_posting_the_treasury_has_no_room_for_is_refused_once_and_for_all(
+    client: httpx.AsyncClient, engine: AsyncEngine, factory: Factory
+) -> None:
+    """A TOPUP that no Treasury shard has room for is 422 BALANCE_LIMIT_EXCEEDED, stored: once
+    the Treasury has room again (a SPEND), the same key replays the refusal instead of posting
+    (it rolled back unstored, and a retry posted). The wallet the TOPUP moved is put back."""
+    slug = await nearly_full_treasury(engine, factory)
+    user = await factory.user()
+    for _ in range(2):  # both shards down to their floor, one batch each
+        results(await post_batch(client, batch(True, [op("TOPUP", user, ROOM, assetSlug=slug)])))
+    key = str(uuid.uuid4())
+    body = {"userId": str(user), "type": "TOPUP", "assetSlug": slug, "amount": 5}
+    first = await client.post("/api/wallet/transact", json=body, headers={"Idempotency-Key": key})
+    refused = assert_error(first, 422, "BALANCE_LIMIT_EXCEEDED")
+    assert refused["message"] == "The asset's Treasury has no room left for this amount."
+    assert first.headers.get("Idempotent-Replayed") is None
+    spend = {"userId": str(user), "type": "SPEND", "assetSlug": slug, "amount": 10}
+    spent = await client.post(
+        "/api/wallet/transact", json=spend, headers={"Idempotency-Key": str(uuid.uuid4())}
+    )
+    assert spent.status_code == 200, spent.text
+    again = await client.post("/api/wallet/transact", json=body, headers={"Idempotency-Key": key})
+    assert again.content == first.content
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert await balance_in(client, user, slug) == 2 * ROOM - 10
+    await audit_ok(client)
+
+
+async def test_a_failed_atomic_batch_opens_no_wallet(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """All or nothing: the wallets an atomic batch opens for its credits go with it when it
+    fails (a BONUS in an asset the user had no wallet in, then a SPEND that cannot be paid)."""
+    newcomer, poor = await factory.user(), await factory.user(gold=5)
+    operations = [op("BONUS", newcomer, 1, assetSlug="diamonds"), op("SPEND", poor, 999)]
+    refused = assert_error(await post_batch(client, batch(True, operations)), 422, "BATCH_FAILED")
+    assert refused["details"] == {"index": 1, "code": "INSUFFICIENT_FUNDS"}
+    answer = await client.get(f"/api/wallet/balance/{newcomer}")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"] == []
     await audit_ok(client)

@@ -539,6 +539,20 @@ async def test_a_hold_is_captured_at_most_once(client: httpx.AsyncClient, factor
     assert (await get_hold(client, hold_id))["transactionId"] == first["transactionId"]
 
 
+@pytest.mark.parametrize("finish", ["void", "capture"])
+async def test_a_finished_hold_answers_hold_not_active_whatever_the_capture_asks(
+    client: httpx.AsyncClient, factory: Factory, finish: str
+) -> None:
+    """The hold's status comes first: a capture of a finished hold asking for more than it held,
+    or for its own user as recipient, is told the hold is finished, not that its body is wrong."""
+    user = await factory.user(gold=100)
+    hold_id = (await held(client, user, 30))["holdId"]
+    assert_ok(await (void(client, hold_id) if finish == "void" else capture(client, hold_id)))
+    for body in ({"amount": 31}, {"toUserId": str(user)}, {"toUserId": str(uuid.uuid4())}):
+        error = assert_error(await capture(client, hold_id, body), 422, "HOLD_NOT_ACTIVE")
+        assert error["details"]["status"] == ("VOIDED" if finish == "void" else "CAPTURED")
+
+
 async def test_a_refused_capture_or_void_is_stored_and_replayed(
     client: httpx.AsyncClient, factory: Factory
 ) -> None:

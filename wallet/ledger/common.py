@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from wallet.db.models import Asset
 from wallet.errors import (
     AssetNotFound,
-    BalanceLimitExceeded,
     Declined,
     HoldNotFound,
     IdempotencyKeyReused,
@@ -113,7 +112,6 @@ _RAISED: Final = {
     "W0006": (ValidationError, "amount exceeds the hold's amount."),
     "W0007": (ValidationError, "toUserId must be another user than the hold's."),
     "W0008": (ValidationError, "toUserId must be another user than fromUserId."),
-    "W0103": (BalanceLimitExceeded, "The asset's Treasury has no room left for this amount."),
 }
 _FIELDS: Final = {"W0006": "amount", "W0007": "toUserId", "W0008": "toUserId"}
 
@@ -138,7 +136,6 @@ def _raised(state: str, names: Mapping[str, str]) -> WalletError:
 _ERROR_STATES: Final = {
     "USER_NOT_FOUND": "W0001",
     "ASSET_NOT_FOUND": "W0002",
-    "BALANCE_LIMIT_EXCEEDED": "W0103",
 }
 
 

@@ -167,7 +167,10 @@ def _refusal(stored: Stored) -> Declined | None:
     if stored.outcome == "BALANCE_LIMIT_EXCEEDED":
         return declined(
             stored,
-            BalanceLimitExceeded("The recipient's balance would pass the largest it can hold."),
+            BalanceLimitExceeded(
+                "A balance (the recipient's, or the asset's Treasury's) would pass the largest"
+                " it can hold."
+            ),
         )
     raise AssertionError(f"unexpected hold outcome {stored.outcome}")
 

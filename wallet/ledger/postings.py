@@ -22,6 +22,7 @@ from wallet.errors import (
 )
 from wallet.inputs import TxType
 from wallet.ledger.common import (
+    MAX_BIGINT,
     Metadata,
     fingerprint,
     metadata_json,
@@ -195,11 +196,16 @@ def refusal(outcome: TransactOutcome) -> Declined | None:
             f"Insufficient funds: the balance is {outcome.balance_before}, the SPEND needs"
             f" {outcome.request.amount}.",
         )
-    elif outcome.outcome == "BALANCE_LIMIT_EXCEEDED":
+    elif outcome.outcome == "BALANCE_LIMIT_EXCEEDED" and (
+        outcome.request.type != "SPEND"
+        and outcome.balance_before + outcome.request.amount > MAX_BIGINT
+    ):
         error = BalanceLimitExceeded(
             f"The balance {outcome.balance_before} cannot take {outcome.request.amount} more:"
             " it would pass the largest balance a wallet can hold."
         )
+    elif outcome.outcome == "BALANCE_LIMIT_EXCEEDED":  # the wallet had room; the Treasury not
+        error = BalanceLimitExceeded("The asset's Treasury has no room left for this amount.")
     else:
         return None
     error.replayed = outcome.replayed

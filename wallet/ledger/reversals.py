@@ -100,7 +100,11 @@ async def reverse(
         )
     if stored.outcome == "BALANCE_LIMIT_EXCEEDED":
         return declined(
-            stored, BalanceLimitExceeded("A balance would pass the largest it can hold.")
+            stored,
+            BalanceLimitExceeded(
+                "A balance (a wallet's, or the asset's Treasury's) would pass the largest it"
+                " can hold."
+            ),
         )
     return ReversalDone(
         transaction_id=uuid.UUID(result["transactionId"]),

@@ -19,8 +19,8 @@
 --   when it does not complete.
 -- * Raised SQLSTATEs: W0001 user not found, W0002 asset not found, W0003 transaction not found,
 --   W0004 hold not found, W0005 invalid batch operation, W0008 a transfer to its sender,
---   W0100 unbalanced, W0101 append-only,
---   W0103 the asset's whole Treasury has no room.
+--   W0100 unbalanced, W0101 append-only. An asset's whole Treasury without room for a posting
+--   is the posting's BALANCE_LIMIT_EXCEEDED, stored and replayed as a wallet's limit is.
 
 CREATE OR REPLACE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
 -- After each INSERT statement on transactions: every new transaction has entries, so they came in
@@ -201,8 +201,9 @@ CREATE OR REPLACE FUNCTION ledger_treasury_move(
 ) LANGUAGE plpgsql AS $$
 -- Move `p_delta` on one shard of the asset's Treasury: the one a batch pinned (see wallet_batch),
 -- else the first shard from a random one on that no other posting holds and that has room for it
--- (bigint); if every shard is held or full, the one with the most room, waiting for it.
--- Called as the last write of a posting. A posting waits for a Treasury shard only when all of
+-- (bigint); if every shard is held or full, the one with the most room, waiting for it; NULLs
+-- when no shard has room (ledger_post_user then undoes its wallet's move). Called as the last
+-- write of a posting. A posting waits for a Treasury shard only when all of
 -- them are held: otherwise each one it holds stays locked through its commit's WAL flush, and
 -- postings that drew it would queue behind that flush.
 DECLARE
@@ -252,8 +253,7 @@ BEGIN
             RETURN;
         END IF;
     END LOOP;
-    RAISE EXCEPTION 'the Treasury of asset % has no room for %', p_asset_id, p_delta
-        USING ERRCODE = 'W0103';
+    account_id := NULL;  -- no room: no shard moved
 END $$;
 --;
 CREATE OR REPLACE FUNCTION ledger_notify(p_account bigint) RETURNS void LANGUAGE plpgsql AS $$
@@ -339,6 +339,20 @@ BEGIN
     -- Helpers are called as expressions, not as `SELECT ... FROM f()`: PL/pgSQL evaluates a
     -- simple expression without starting an executor for it.
     v_treasury := ledger_treasury_move(p_asset.id, p_asset.treasury_shards, -v_delta);
+    IF v_treasury.account_id IS NULL THEN
+        -- The asset's whole Treasury has no room for the amount: put the wallet back as it was
+        -- (still locked by this transaction, so nobody saw the move) and refuse the posting as a
+        -- wallet's limit refuses it, an outcome its caller stores and replays.
+        UPDATE accounts a
+           SET balance = a.balance - v_delta, held = a.held + p_release, version = a.version - 1
+         WHERE a.id = v_account;
+        outcome := 'BALANCE_LIMIT_EXCEEDED';
+        posted_at := p_now;
+        balance_before := v_balance - v_delta;
+        balance_after := v_balance - v_delta;
+        available := v_balance - v_delta - v_held - p_release;
+        RETURN;
+    END IF;
     -- The transaction and its entries in one statement (ledger_check_balanced).
     WITH posted AS (
         INSERT INTO transactions (id, type, asset_id, user_id, amount, principal, reference,
@@ -752,18 +766,7 @@ BEGIN
         RETURN;
     END IF;
     v_hold := ledger_lock_hold(p_hold);
-    v_amount := coalesce(p_amount, v_hold.amount);
-    IF v_amount > v_hold.amount THEN
-        RAISE EXCEPTION 'amount % exceeds the hold''s %', v_amount, v_hold.amount
-            USING ERRCODE = 'W0006';
-    END IF;
-    IF p_to = v_hold.user_id THEN
-        RAISE EXCEPTION 'toUserId is the hold''s own user' USING ERRCODE = 'W0007';
-    END IF;
-    IF p_to IS NOT NULL THEN
-        PERFORM ledger_require_user(p_to);
-    END IF;
-    v_now := clock_timestamp();
+    v_now := clock_timestamp();  -- a hold no longer HELD answers so, whatever the body asks
     IF v_hold.status = 'HELD' AND v_hold.expires_at <= v_now THEN
         v_hold := ledger_release_hold(v_hold, 'EXPIRED');
         v_outcome := 'HOLD_EXPIRED';
@@ -777,6 +780,17 @@ BEGIN
         PERFORM ledger_store_outcome(p_scope, p_key, v_outcome, NULL, v_result);
         RETURN QUERY SELECT v_outcome, false, true, v_result;
         RETURN;
+    END IF;
+    v_amount := coalesce(p_amount, v_hold.amount);
+    IF v_amount > v_hold.amount THEN
+        RAISE EXCEPTION 'amount % exceeds the hold''s %', v_amount, v_hold.amount
+            USING ERRCODE = 'W0006';
+    END IF;
+    IF p_to = v_hold.user_id THEN
+        RAISE EXCEPTION 'toUserId is the hold''s own user' USING ERRCODE = 'W0007';
+    END IF;
+    IF p_to IS NOT NULL THEN
+        PERFORM ledger_require_user(p_to);
     END IF;
 
     SELECT * INTO v_asset FROM assets a WHERE a.id = v_hold.asset_id;
@@ -1025,16 +1039,15 @@ END $$;
 CREATE OR REPLACE FUNCTION ledger_error_code(p_state text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE p_state WHEN 'W0001' THEN 'USER_NOT_FOUND' WHEN 'W0002' THEN 'ASSET_NOT_FOUND'
-                        WHEN 'W0103' THEN 'BALANCE_LIMIT_EXCEEDED' ELSE 'INTERNAL_ERROR' END;
+                        ELSE 'INTERNAL_ERROR' END;
 $$;
 --;
 CREATE OR REPLACE FUNCTION ledger_batch_each(
     p_ops jsonb, p_scope text, p_principal text, p_claimed text[] DEFAULT '{}'
 ) RETURNS jsonb LANGUAGE plpgsql AS $$
 -- Each operation alone, in order, under its own key (ledger_batch_op), in the caller's transaction
--- and locks: an unknown user or asset, or an asset's Treasury without room for the operation, is
--- that operation's ERROR, not the batch's, and releases its key if this transaction claimed it
--- (`p_claimed`), as the operation's own rollback would.
+-- and locks: an unknown user or asset is that operation's ERROR, not the batch's, and releases
+-- its key if this transaction claimed it (`p_claimed`), as the operation's own rollback would.
 DECLARE
     v_results jsonb[] := '{}';
     v_one jsonb;
@@ -1045,7 +1058,7 @@ BEGIN
         v_claimed := coalesce(v_op->>'key' = ANY (p_claimed), false);
         BEGIN
             v_one := ledger_batch_op(v_op, p_scope, p_principal, v_claimed);
-        EXCEPTION WHEN SQLSTATE 'W0001' OR SQLSTATE 'W0002' OR SQLSTATE 'W0103' THEN
+        EXCEPTION WHEN SQLSTATE 'W0001' OR SQLSTATE 'W0002' THEN
             v_one := jsonb_build_object('outcome', 'ERROR', 'code', ledger_error_code(SQLSTATE));
             IF v_claimed THEN
                 DELETE FROM idempotency_keys k WHERE k.scope = p_scope AND k.key = v_op->>'key';
@@ -1117,9 +1130,9 @@ CREATE OR REPLACE FUNCTION wallet_batch(
 LANGUAGE plpgsql AS $$
 -- Up to 1,000 TOPUP, BONUS, SPEND and TRANSFER operations in one round trip. Every account they
 -- touch is locked first, in ascending id order, so concurrent batches never deadlock. Atomic: all
--- or nothing; the first failure rolls everything back (BATCH_FAILED); without per-operation keys
--- it is posted set-based (ledger_batch_set). Not atomic: each operation stands alone under its
--- own key.
+-- or nothing; the first failure rolls everything back (BATCH_FAILED), the wallets the batch
+-- opened for its credits included; without per-operation keys it is posted set-based
+-- (ledger_batch_set). Not atomic: each operation stands alone under its own key.
 DECLARE
     v_stored idempotency_keys;
     v_results jsonb[] := '{}';
@@ -1137,37 +1150,35 @@ BEGIN
         RETURN;
     END IF;
 
-    v_pins := ledger_lock_batch(p_ops);
-
-    IF p_atomic AND NOT EXISTS (SELECT FROM jsonb_array_elements(p_ops) o
-                                 WHERE o->>'key' IS NOT NULL) THEN
-        v_set := ledger_batch_set(p_ops, p_principal, v_pins);
-        IF v_set IS NOT NULL THEN
-            PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', NULL, v_set);
-            RETURN QUERY SELECT 'COMPLETED'::text, false, true, v_set;
-            RETURN;
-        END IF;
-    END IF;
     IF p_atomic THEN
-        BEGIN
-            FOR v_op IN SELECT * FROM jsonb_array_elements(p_ops) LOOP
-                v_one := ledger_batch_op(v_op, p_scope, p_principal);
-                IF NOT (v_one->>'fingerprintMatches')::boolean THEN
-                    v_failure := jsonb_build_object('index', v_index,
-                                                    'code', 'IDEMPOTENCY_KEY_REUSED');
-                ELSIF v_one->>'outcome' <> 'COMPLETED' THEN
-                    v_failure := jsonb_build_object('index', v_index, 'code', v_one->>'outcome');
-                END IF;
-                IF v_failure IS NOT NULL THEN
-                    RAISE EXCEPTION 'batch operation % failed', v_index USING ERRCODE = 'W0200';
-                END IF;
-                v_results := v_results || v_one;
-                v_index := v_index + 1;
-            END LOOP;
+        BEGIN  -- a failure rolls back to here: the key stays claimed, nothing else is left
+            v_pins := ledger_lock_batch(p_ops);
+            IF NOT EXISTS (SELECT FROM jsonb_array_elements(p_ops) o
+                            WHERE o->>'key' IS NOT NULL) THEN
+                v_set := ledger_batch_set(p_ops, p_principal, v_pins);
+            END IF;
+            IF v_set IS NULL THEN  -- not set-based: each operation in order
+                FOR v_op IN SELECT * FROM jsonb_array_elements(p_ops) LOOP
+                    v_one := ledger_batch_op(v_op, p_scope, p_principal);
+                    IF NOT (v_one->>'fingerprintMatches')::boolean THEN
+                        v_failure := jsonb_build_object('index', v_index,
+                                                        'code', 'IDEMPOTENCY_KEY_REUSED');
+                    ELSIF v_one->>'outcome' <> 'COMPLETED' THEN
+                        v_failure := jsonb_build_object('index', v_index,
+                                                        'code', v_one->>'outcome');
+                    END IF;
+                    IF v_failure IS NOT NULL THEN
+                        RAISE EXCEPTION 'batch operation % failed', v_index
+                            USING ERRCODE = 'W0200';
+                    END IF;
+                    v_results := v_results || v_one;
+                    v_index := v_index + 1;
+                END LOOP;
+            END IF;
         EXCEPTION
             WHEN SQLSTATE 'W0200' THEN
                 NULL;  -- v_failure says which; everything the batch did is rolled back
-            WHEN SQLSTATE 'W0001' OR SQLSTATE 'W0002' OR SQLSTATE 'W0103' THEN
+            WHEN SQLSTATE 'W0001' OR SQLSTATE 'W0002' THEN
                 v_failure := jsonb_build_object('index', v_index,
                                                 'code', ledger_error_code(SQLSTATE));
         END;
@@ -1176,10 +1187,12 @@ BEGIN
             RETURN QUERY SELECT 'BATCH_FAILED'::text, false, true, v_failure;
             RETURN;
         END IF;
-        PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', NULL, to_jsonb(v_results));
-        RETURN QUERY SELECT 'COMPLETED'::text, false, true, to_jsonb(v_results);
+        v_set := coalesce(v_set, to_jsonb(v_results));
+        PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', NULL, v_set);
+        RETURN QUERY SELECT 'COMPLETED'::text, false, true, v_set;
         RETURN;
     END IF;
+    v_pins := ledger_lock_batch(p_ops);
     v_set := ledger_batch_each(p_ops, p_scope, p_principal);
     PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', NULL, v_set);
     RETURN QUERY SELECT 'COMPLETED'::text, false, true, v_set;
