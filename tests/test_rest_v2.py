@@ -86,6 +86,7 @@ VIEW_KEYS = {
     "metadata",
     "principal",
     "reversesTransactionId",
+    "reason",
     "reversedAmount",
     "entries",
     "createdAt",
@@ -810,6 +811,7 @@ async def test_reversing_a_spend_refunds_the_user_in_parts_then_the_rest(
         spend["transactionId"],
         25,
     )
+    assert (reversal["reason"], shown["reason"]) == ("damaged", None)  # as GraphQL's `reason`
     assert reversal["reference"] is None
     assert reversal["metadata"] == {"t": 1}
     items = await history(client, user, type="REVERSAL")
@@ -992,6 +994,7 @@ async def test_a_transaction_view_has_its_entries_and_reversals(
         "metadata": {"k": "v"},
         "principal": "",  # open mode: the anonymous principal
         "reversesTransactionId": None,
+        "reason": None,
         "reversedAmount": 0,
         "createdAt": topup["createdAt"],
     }

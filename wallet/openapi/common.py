@@ -252,6 +252,7 @@ TRANSACTION: Final = object_of(
     metadata=METADATA_OUT,
     principal={"type": "string"},
     reversesTransactionId=NULLABLE_UUID,
+    reason={"type": ["string", "null"], "description": "a REVERSAL's reason"},
     reversedAmount={"type": "integer", "minimum": 0},
     entries={
         "type": "array",

@@ -82,6 +82,7 @@ def transaction_view(view: ledger.TransactionView, who: Principal) -> dict[str, 
         "metadata": record.metadata,
         "principal": who.shown_principal(record.principal),
         "reversesTransactionId": optional_id(record.reverses_id),
+        "reason": record.reason,
         "reversedAmount": view.reversed_amount,
         "entries": [
             {
