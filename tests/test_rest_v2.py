@@ -2138,6 +2138,14 @@ async def test_a_write_replays_and_refuses_a_reused_key(
     # A key is one request, whatever the route: a transfer's key on transact is reused too.
     response = await post(client, TRANSACT, tx_body(ALICE, 1, "TOPUP"), key=key)
     error(response, TRANSACT, "post", 422, "IDEMPOTENCY_KEY_REUSED")
+    # And the other way round: a TOPUP's key on this route names the TOPUP's transaction.
+    topup_key = new_key()
+    topup = ok_data(
+        await post(client, TRANSACT, tx_body(ALICE, 1, "TOPUP"), key=topup_key), TRANSACT, "post"
+    )
+    response = await post(client, path, body, key=topup_key)
+    found = error(response, documented_path, "post", 422, "IDEMPOTENCY_KEY_REUSED")
+    assert found["details"]["originalTransactionId"] == topup["transactionId"]
 
 
 @pytest.mark.parametrize("route", ["transfer", "reverse"])

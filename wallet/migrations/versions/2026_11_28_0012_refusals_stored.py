@@ -1,5 +1,6 @@
 """A Treasury without room is a stored refusal; a failed atomic batch leaves no wallet behind; a
-capture of a hold no longer HELD says so whatever its body asks.
+reused key names its first transaction on every route; a capture of a hold no longer HELD says
+so whatever its body asks.
 
 Revision ID: 0012
 Revises: 0011
@@ -14,6 +15,9 @@ Create Date: 2026-11-28
 * An atomic batch opened the wallets its credits name before deciding, and kept them when it
   failed (BATCH_FAILED): empty wallets of users whose operations never ran. Its locks, its
   set-based attempt and its operations now run in one block that a failure rolls back whole.
+* A key a TOPUP, BONUS or SPEND completed keeps its transaction in `transaction_id` only, so
+  the other routes, finding the key used for another request, named no original transaction
+  (`originalTransactionId: null`). `ledger_claim_key` answers it as the stored result then.
 * `wallet_hold_capture` checked the amount against the hold and `toUserId` against its user
   before the hold's status: a capture of a finished hold with another amount answered 400
   instead of HOLD_NOT_ACTIVE or HOLD_EXPIRED. The status comes first now.

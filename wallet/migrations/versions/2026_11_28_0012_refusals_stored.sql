@@ -138,6 +138,11 @@ BEGIN
         RETURN NULL;
     END IF;
     SELECT * INTO v_row FROM idempotency_keys k WHERE k.scope = p_scope AND k.key = p_key;
+    -- A completed TOPUP, BONUS or SPEND keeps its transaction in `transaction_id` only: every
+    -- route that finds the key used for another request names that transaction as well.
+    IF v_row.result IS NULL AND v_row.transaction_id IS NOT NULL THEN
+        v_row.result := jsonb_build_object('transactionId', v_row.transaction_id);
+    END IF;
     RETURN v_row;
 END $$;
 --;
