@@ -134,6 +134,47 @@ def test_hostile_parameters_are_client_errors(
     assert_client_error(response.status, response.headers.get("content-type", ""), response.body)
 
 
+NOT_TEXT = ("nul", "nul-inside", "controls", "not-utf8", "newline")
+
+
+def query_cases() -> list[Any]:
+    """Every query parameter of every operation (and a metadata filter) x values that are not
+    UTF-8 text without control characters."""
+    found = []
+    for method, path, operation in operations():
+        valid = path
+        for name, value in VALID_PATH.items():
+            valid = valid.replace("{" + name + "}", value)
+        names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+        if path == "/api/wallet/transactions/{userId}":
+            names.append("metadata.k")
+        for name in names:
+            for label in NOT_TEXT:
+                case_id = f"{method} {path} {name}={label}"
+                found.append(
+                    pytest.param(method, f"{valid}?{name}={HOSTILE[label]}", name, id=case_id)
+                )
+    return found
+
+
+@pytest.mark.parametrize(("method", "target", "name"), query_cases())
+def test_a_query_value_that_is_not_text_is_400_naming_it(
+    served: tuple[str, Path], method: str, target: str, name: str
+) -> None:
+    """Not a lookup of U+FFFD (an ASSET_NOT_FOUND, or a metadata filter matching a stored
+    U+FFFD) and not a message about something else: a 400 naming the parameter."""
+    body = b"{}" if method == "POST" else b""
+    sent = {"Idempotency-Key": f"input-{uuid.uuid4()}"}
+    response = exchange(
+        served[0], request_bytes(method, target, host="127.0.0.1", headers=sent, body=body)
+    )
+    parsed = assert_client_error(
+        response.status, response.headers.get("content-type", ""), response.body
+    )
+    assert (response.status, parsed["code"]) == (400, "VALIDATION_ERROR"), parsed
+    assert parsed["details"]["field"] == name
+
+
 def test_the_reported_case_deleting_a_key_named_nul(served: tuple[str, Path]) -> None:
     response = exchange(served[0], request_bytes("DELETE", "/api/admin/keys/%00", host="127.0.0.1"))
     parsed = assert_client_error(response.status, response.headers["content-type"], response.body)

@@ -4,8 +4,9 @@ one place with one `send` wrapper, and everything that can be worked out once wo
 In order, for HTTP: a request id (the caller's X-Request-ID if sane, echoed on the answer);
 metrics, the access line and a server span (`RequestObserver`, `Tracing`); the browser guard
 (Host and Origin, `BrowserGuard`); CORS, when origins are configured (Starlette's middleware,
-wrapping only what follows, so it answers preflights before anyone asks who); the body limit;
-authentication. A WebSocket meets the browser guard and authentication only; lifespan passes.
+wrapping only what follows, so it answers preflights before anyone asks who); the query string
+(UTF-8 text without control characters); the body limit; authentication. A WebSocket meets the
+browser guard and authentication only; lifespan passes.
 
 Refusals made here are answered here, in the JSON envelope: this layer runs outside the app's
 exception handlers (a PayloadTooLarge found mid-stream is raised into the route, and its handler
@@ -29,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from wallet.auth import ANONYMOUS, Principal
 from wallet.errors import InvalidHost, OriginNotAllowed, PayloadTooLarge, WalletError
 from wallet.http import error_response, handle_database_error, is_graphql, map_database_error
+from wallet.inputs import check_query_string
 from wallet.observability import RequestObserver, RequestRecord, current_request
 from wallet.tracing import Tracing
 
@@ -297,6 +299,12 @@ class GatewayMiddleware:
         self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
     ) -> None:
         """The body limit (early when Content-Length says so, else as it streams), then who."""
+        if scope["query_string"]:
+            try:
+                check_query_string(scope["query_string"])
+            except WalletError as error:
+                await refuse(scope, receive, send, error, {})
+                return
         limit = self.path_body_limits.get(scope["path"], self.body_limit)
         declared = headers.get(_CONTENT_LENGTH, b"")
         if declared.isdigit() and int(declared) > limit:

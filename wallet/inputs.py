@@ -6,6 +6,7 @@ import re
 import uuid
 from datetime import UTC, datetime
 from typing import Literal, cast, get_args
+from urllib.parse import unquote_to_bytes
 
 import orjson
 
@@ -53,6 +54,25 @@ def _is_storable(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_query_string(raw: bytes) -> None:
+    """Every name and value of a query string is UTF-8 text without control characters: a
+    ValidationError naming the first that is not. (Starlette reads bytes that are not UTF-8 as
+    U+FFFD, which would then be looked up, or matched, as if the client had sent it.)"""
+    for part in raw.split(b"&"):
+        name, _, value = part.partition(b"=")
+        name_bytes = unquote_to_bytes(name.replace(b"+", b" "))
+        field = name_bytes.decode("utf-8", errors="replace")
+        try:
+            texts = (name_bytes.decode(), unquote_to_bytes(value.replace(b"+", b" ")).decode())
+        except UnicodeDecodeError:
+            raise ValidationError(f"{field} must be UTF-8 text.", field=field) from None
+        if any(_CONTROL.search(text) for text in texts):
+            raise ValidationError(f"{field} must not hold control characters.", field=field)
 
 
 def parse_asset_slug(value: object, *, field: str = "assetSlug") -> str:
@@ -188,8 +208,17 @@ def parse_new_asset_slug(value: object, *, field: str = "slug") -> str:
 
 
 def parse_asset_name(value: object, *, field: str = "name") -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= 100 or not _is_storable(value):
-        raise ValidationError(f"{field} must be a string of 1 to 100 characters.", field=field)
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= 100
+        or value.strip() != value
+        or not value.isprintable()
+        or not _is_storable(value)
+    ):
+        raise ValidationError(
+            f"{field} must be 1 to 100 printable characters without surrounding spaces.",
+            field=field,
+        )
     return value
 
 
