@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Literal, cast, get_args
+from typing import Final, Literal, cast, get_args
 from urllib.parse import unquote_to_bytes
 
 import orjson
@@ -57,21 +57,30 @@ def _is_storable(value: str) -> bool:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+METADATA_FILTER_PREFIX: Final = "metadata."
 
 
 def check_query_string(raw: bytes) -> None:
     """Every name and value of a query string is UTF-8 text without control characters: a
     ValidationError naming the first that is not. (Starlette reads bytes that are not UTF-8 as
-    U+FFFD, which would then be looked up, or matched, as if the client had sent it.)"""
+    U+FFFD, which would then be looked up, or matched, as if the client had sent it.) A metadata
+    filter's value may hold any character but NUL: a stored metadata string may, and its filter
+    must be able to name it (PostgreSQL's jsonb holds no NUL)."""
     for part in raw.split(b"&"):
         name, _, value = part.partition(b"=")
         name_bytes = unquote_to_bytes(name.replace(b"+", b" "))
         field = name_bytes.decode("utf-8", errors="replace")
         try:
-            texts = (name_bytes.decode(), unquote_to_bytes(value.replace(b"+", b" ")).decode())
+            name_text = name_bytes.decode()
+            value_text = unquote_to_bytes(value.replace(b"+", b" ")).decode()
         except UnicodeDecodeError:
             raise ValidationError(f"{field} must be UTF-8 text.", field=field) from None
-        if any(_CONTROL.search(text) for text in texts):
+        if _CONTROL.search(name_text):
+            raise ValidationError(f"{field} must not hold control characters.", field=field)
+        if name_text.startswith(METADATA_FILTER_PREFIX):
+            if "\x00" in value_text:
+                raise ValidationError(f"{field} must not hold a NUL character.", field=field)
+        elif _CONTROL.search(value_text):
             raise ValidationError(f"{field} must not hold control characters.", field=field)
 
 
@@ -264,7 +273,7 @@ RFC3339 = re.compile(
 
 
 def parse_metadata_filters(
-    pairs: list[tuple[str, str]], *, prefix: str = "metadata."
+    pairs: list[tuple[str, str]], *, prefix: str = METADATA_FILTER_PREFIX
 ) -> dict[str, str]:
     """`metadata.<key>=<value>` query parameters: each key once, values matched as text."""
     found: dict[str, str] = {}
