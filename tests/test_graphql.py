@@ -308,6 +308,10 @@ async def test_graphiql_page_is_served_in_development(client: httpx.AsyncClient)
         asset = await client.get(f"/graphql/assets/{name}")
         assert asset.status_code == 200, name
     assert (await client.get("/graphql/assets/evil.js")).status_code == 404
+    # The page takes a document to show from its URL (`q`), newlines and tabs included.
+    linked = await client.get("/graphql?q=%7B%0A%09assets%20%7B%20slug%20%7D%0A%7D")
+    assert linked.status_code == 200
+    assert linked.headers["content-type"].startswith("text/html")
 
 
 async def test_graphiql_can_be_switched_off() -> None:

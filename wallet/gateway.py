@@ -4,9 +4,9 @@ one place with one `send` wrapper, and everything that can be worked out once wo
 In order, for HTTP: a request id (the caller's X-Request-ID if sane, echoed on the answer);
 metrics, the access line and a server span (`RequestObserver`, `Tracing`); the browser guard
 (Host and Origin, `BrowserGuard`); CORS, when origins are configured (Starlette's middleware,
-wrapping only what follows, so it answers preflights before anyone asks who); the query string
-(UTF-8 text without control characters); the body limit; authentication. A WebSocket meets the
-browser guard and authentication only; lifespan passes.
+wrapping only what follows, so it answers preflights before anyone asks who); a REST query
+string (UTF-8 text without control characters); the body limit; authentication. A WebSocket
+meets the browser guard and authentication only; lifespan passes.
 
 Refusals made here are answered here, in the JSON envelope: this layer runs outside the app's
 exception handlers (a PayloadTooLarge found mid-stream is raised into the route, and its handler
@@ -299,7 +299,9 @@ class GatewayMiddleware:
         self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
     ) -> None:
         """The body limit (early when Content-Length says so, else as it streams), then who."""
-        if scope["query_string"]:
+        # The REST routes' parameters; GraphQL reads none but the GraphiQL page's own `q` (a
+        # document to show, newlines included).
+        if scope["query_string"] and not is_graphql(scope):
             try:
                 check_query_string(scope["query_string"])
             except WalletError as error:
