@@ -225,6 +225,50 @@ async def test_a_hold_key_used_by_the_core_replays_over_graphql(
     assert (replay["replayed"], replay["hold"]["id"]) == (True, str(made.hold_id))
 
 
+async def test_a_finished_hold_answers_its_status_whatever_the_capture_asks(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """The hold's status comes before the checks its body is made against (more than it held,
+    its own user as recipient), as over REST: HoldNotActive, or HoldExpired."""
+    user = await factory.user(gold=50)
+    voided, captured, expiring = [
+        (await mutate(client, CREATE_HOLD, hold_input(user, 10, **extra)))["hold"]
+        for extra in ({}, {}, {"expiresInSeconds": 1})
+    ]
+    await mutate(client, VOID_HOLD, {"holdId": voided["id"], "idempotencyKey": key()})
+    await mutate(client, CAPTURE_HOLD, {"holdId": captured["id"], "idempotencyKey": key()})
+    await asyncio.sleep(1.2)
+    expected = [
+        (voided, ("HoldNotActive", "HOLD_NOT_ACTIVE")),
+        (captured, ("HoldNotActive", "HOLD_NOT_ACTIVE")),
+        (expiring, ("HoldExpired", "HOLD_EXPIRED")),
+    ]
+    for hold, answer in expected:
+        for body in ({"amount": "11"}, {"toUserId": str(user)}):
+            sent = {"holdId": hold["id"], "idempotencyKey": key(), **body}
+            found = await mutate(client, CAPTURE_HOLD, sent)
+            assert (found["__typename"], found["code"]) == answer, (hold["status"], body)
+    assert await factory.balance(user) == 40
+
+
+async def test_a_key_a_posting_used_names_its_transaction_on_every_hold_mutation(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    user = await factory.user(gold=50)
+    same_key = key()
+    original = (await transact(client, user, 1, "TOPUP", key=same_key))["transaction"]["id"]
+    hold_id = (await mutate(client, CREATE_HOLD, hold_input(user, 10)))["hold"]["id"]
+    for document, sent in [
+        (CREATE_HOLD, {**hold_input(user, 10), "idempotencyKey": same_key}),
+        (CAPTURE_HOLD, {"holdId": hold_id, "idempotencyKey": same_key}),
+        (VOID_HOLD, {"holdId": hold_id, "idempotencyKey": same_key}),
+    ]:
+        reused = await mutate(client, document, sent)
+        assert reused["__typename"] == "IdempotencyKeyReused", reused
+        assert reused["originalTransactionId"] == original
+    assert await factory.balance(user) == 51
+
+
 # --- batches
 
 
@@ -338,6 +382,30 @@ async def test_a_batch_that_is_not_atomic_runs_each_operation_under_its_own_key(
     retry = await mutate(client, BATCH, {**sent, "idempotencyKey": key()})
     assert [r.get("replayed") for r in retry["results"]] == [True, None, True, None, None]
     assert (await factory.balance(a), await factory.balance(b)) == (11, 4)
+
+
+async def test_an_operations_reused_key_names_the_transaction_its_first_request_made(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """An operation's key is its route's key: used before for another request (by a TOPUP,
+    which keeps its transaction apart, or by a TRANSFER), the operation's IdempotencyKeyReused
+    names that request's transaction, as its own mutation would."""
+    a, b = await factory.user(gold=10), await factory.user()
+    topup_key, transfer_key = key(), key()
+    topup = (await transact(client, a, 1, "TOPUP", key=topup_key))["transaction"]["id"]
+    sent = {"fromUserId": str(a), "toUserId": str(b), "amount": 2, "assetSlug": GOLD,
+            "idempotencyKey": transfer_key}  # fmt: skip
+    moved = (await mutate(client, TRANSFER, sent))["transaction"]["id"]
+    operations = [
+        transfer_op(a, b, 1, idempotencyKey=topup_key),
+        op("BONUS", a, 1, idempotencyKey=transfer_key),
+    ]
+    done = await mutate(
+        client, BATCH, {"atomic": False, "operations": operations, "idempotencyKey": key()}
+    )
+    found = [(r["__typename"], r["originalTransactionId"]) for r in done["results"]]
+    assert found == [("IdempotencyKeyReused", topup), ("IdempotencyKeyReused", moved)]
+    assert (await factory.balance(a), await factory.balance(b)) == (9, 2)
 
 
 async def test_a_malformed_batch_names_the_operation_and_runs_nothing(

@@ -226,6 +226,26 @@ async def test_a_key_used_by_the_core_replays_over_graphql(
     assert await factory.balance(sender) == 5
 
 
+@pytest.mark.parametrize("kind", ["TOPUP", "BONUS", "SPEND"])
+async def test_a_key_a_posting_used_names_its_transaction_on_transfer_and_reverse(
+    client: httpx.AsyncClient, factory: Factory, kind: str
+) -> None:
+    """A TOPUP, BONUS or SPEND keeps its transaction with its key differently from the other
+    mutations: one finding that key used for another request still names it."""
+    sender, recipient = await factory.user(gold=10), await factory.user()
+    first = transact_input(sender, 1, kind)
+    original = (await mutate(client, TRANSACT, first))["transaction"]["id"]
+    same_key = first["idempotencyKey"]
+    for document, sent in [
+        (TRANSFER, {**transfer_input(sender, recipient, 1), "idempotencyKey": same_key}),
+        (REVERSE, {"transactionId": original, "idempotencyKey": same_key}),
+    ]:
+        reused = await mutate(client, document, sent)
+        assert reused["__typename"] == "IdempotencyKeyReused", reused
+        assert reused["originalTransactionId"] == original
+    assert await factory.balance(recipient) == 0
+
+
 # --- reverse
 
 

@@ -26,6 +26,7 @@ from tests.test_rest_contract import (
     MAX_AMOUNT,
     MAX_BODY,
     MISSING,
+    TRANSACT,
     TRANSACT_KEYS,
     assert_error,
     assert_ok,
@@ -450,6 +451,24 @@ async def test_a_batch_key_reused_for_another_batch_is_422(
     ]:
         assert_error(await post_batch(client, other, key=key), 422, "IDEMPOTENCY_KEY_REUSED")
     assert await gold(client, user) == 11
+
+
+@pytest.mark.parametrize("kind", ["TOPUP", "BONUS", "SPEND"])
+async def test_a_batch_key_a_posting_used_names_its_transaction(
+    client: httpx.AsyncClient, factory: Factory, kind: str
+) -> None:
+    """A key is one request whatever the route, and the refusal names the transaction its first
+    request made, also when that was a TOPUP, BONUS or SPEND (which keep it apart)."""
+    user = await factory.user(gold=10)
+    key = new_key()
+    sent = {"userId": str(user), "amount": 1, "assetSlug": GOLD, "type": kind}
+    response = await client.post(TRANSACT, json=sent, headers={"Idempotency-Key": key})
+    posted = assert_ok(response)
+    for atomic in (True, False):
+        reused = await post_batch(client, batch(atomic, keyed(op("BONUS", user, 1))), key=key)
+        error = assert_error(reused, 422, "IDEMPOTENCY_KEY_REUSED")
+        assert error["details"]["originalTransactionId"] == posted["transactionId"]
+    assert await gold(client, user) == (9 if kind == "SPEND" else 11)
 
 
 @pytest.mark.parametrize("atomic", [True, False])

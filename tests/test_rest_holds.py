@@ -32,6 +32,7 @@ from tests.test_rest_contract import (
     ALICE,
     MAX_AMOUNT,
     MISSING,
+    TRANSACT,
     assert_error,
     assert_iso_timestamp,
     assert_ok,
@@ -419,6 +420,28 @@ async def test_a_key_reused_for_another_hold_request_is_422(
     assert await amounts(client, user) == (97, 87, 10)
 
 
+@pytest.mark.parametrize("kind", ["TOPUP", "BONUS", "SPEND"])
+async def test_a_key_a_posting_used_names_its_transaction_on_every_hold_route(
+    client: httpx.AsyncClient, factory: Factory, kind: str
+) -> None:
+    """A TOPUP, BONUS or SPEND keeps its transaction with its key differently from the other
+    routes: a hold route finding that key used for another request still names it."""
+    user = await factory.user(gold=100)
+    key = new_key()
+    posted = assert_ok(
+        await post_json(client, TRANSACT, {**hold_body(user, 1), "type": kind}, key=key)
+    )
+    hold_id = (await held(client, user, 10))["holdId"]
+    for response in (
+        await create(client, hold_body(user, 10), key=key),
+        await capture(client, hold_id, key=key),
+        await void(client, hold_id, key=key),
+    ):
+        error = assert_error(response, 422, "IDEMPOTENCY_KEY_REUSED")
+        assert error["details"]["originalTransactionId"] == posted["transactionId"]
+    assert (await get_hold(client, hold_id))["status"] == "HELD"
+
+
 # --------------------------------------------------------------------------------------------
 # POST /api/wallet/holds/{holdId}/capture
 # --------------------------------------------------------------------------------------------
@@ -679,6 +702,19 @@ async def test_a_capture_after_expiry_is_hold_expired_swept_or_not(
     assert await amounts(client, user) == (100, 100, 0)
     for hold in (early, late):
         assert (await get_hold(client, hold["holdId"]))["status"] == "EXPIRED"
+
+
+async def test_an_expired_hold_answers_hold_expired_whatever_the_capture_asks(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """Expiry comes before the body, as HOLD_NOT_ACTIVE does: more than the hold held, or its
+    own user as recipient, is still HOLD_EXPIRED, swept or not."""
+    user = await factory.user(gold=100)
+    hold = await held(client, user, 10, expiresInSeconds=1)
+    await sleep_until(parse_instant(hold["expiresAt"]) + timedelta(milliseconds=20))
+    for body in ({"amount": 11}, {"toUserId": str(user)}, {"amount": 11, "toUserId": str(user)}):
+        assert_error(await capture(client, hold["holdId"], body), 422, "HOLD_EXPIRED")
+    assert await amounts(client, user) == (100, 100, 0)
 
 
 async def test_a_hold_past_expiry_reads_as_expired_before_any_sweep(

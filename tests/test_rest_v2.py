@@ -1227,6 +1227,35 @@ async def test_a_bad_filter_is_400_naming_it(
     error(response, HISTORY, "get", 400, "VALIDATION_ERROR", field)
 
 
+async def test_a_filter_that_is_not_utf8_text_is_400_not_a_lookup_of_u_fffd(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """Bytes that are not UTF-8 are not read as U+FFFD (which matched a stored U+FFFD, or looked
+    an asset up as '\ufffd'), a control character is not looked up either, and a NUL in a
+    metadata filter is named as what it is. A U+FFFD the client did send is a value like any."""
+    user = await factory.user(gold=10)
+    posted = await transact(client, user, 1, "SPEND", metadata={"k": "\ufffd"})
+    path = f"/api/wallet/transactions/{user}"
+    for query, field in [
+        ("metadata.k=%ff", "metadata.k"),
+        ("metadata.k=%ef%bf", "metadata.k"),
+        ("metadata.%ff=x", "metadata.\ufffd"),
+        ("assetSlug=%ff", "assetSlug"),
+        ("assetSlug=%01", "assetSlug"),
+        ("assetSlug=gold_coins%7f", "assetSlug"),
+        ("type=SPEND%0a", "type"),
+        ("reference=%ff", "reference"),
+    ]:
+        error(await client.get(f"{path}?{query}"), HISTORY, "get", 400, "VALIDATION_ERROR", field)
+    nul = await client.get(f"{path}?metadata.k=%00")
+    said = error(nul, HISTORY, "get", 400, "VALIDATION_ERROR", "metadata.k")["message"]
+    assert "NUL" in said, said  # not that the value is too long
+    sent = await client.get(f"{path}?metadata.k=%EF%BF%BD")
+    assert ids(documented(sent, HISTORY, "get")["data"]) == [posted["transactionId"]]
+    unknown = await client.get(f"{path}?assetSlug=%EF%BF%BD")
+    error(unknown, HISTORY, "get", 404, "ASSET_NOT_FOUND")
+
+
 async def test_a_filtered_history_still_refuses_unknown_users_and_assets(
     client: httpx.AsyncClient,
 ) -> None:

@@ -24,7 +24,6 @@ from wallet.db.models import IdempotencyKey
 from wallet.errors import (
     BatchFailed,
     Declined,
-    IdempotencyKeyReused,
     WalletError,
 )
 from wallet.ledger.common import (
@@ -32,8 +31,10 @@ from wallet.ledger.common import (
     call_keyed,
     declined,
     fingerprint,
+    key_reused,
     operation_error,
     parse_time,
+    stored_transaction,
 )
 from wallet.ledger.postings import TransactOutcome, TransactRequest, refusal, transact_answer
 from wallet.ledger.transfers import TransferDone, TransferRequest, transfer_outcome
@@ -100,10 +101,8 @@ def batch_fingerprint(operations: list[BatchOperation], *, atomic: bool) -> byte
 def _result(operation: BatchOperation, raw: dict[str, Any]) -> OperationResult:
     if raw["outcome"] == "ERROR":
         return operation_error(raw["code"])
-    if not raw["fingerprintMatches"]:
-        return IdempotencyKeyReused(
-            "This Idempotency-Key was already used for a different request."
-        )
+    if not raw["fingerprintMatches"]:  # a posting's transaction, or a TRANSFER's answer
+        return key_reused(raw.get("transactionId") or stored_transaction(raw.get("result")))
     request = operation.request
     if isinstance(request, TransferRequest):
         return transfer_outcome(

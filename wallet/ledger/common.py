@@ -197,13 +197,23 @@ async def call_keyed(
     except DBAPIError as error:
         raise_for_sqlstate(error, **messages)
     if not row.fingerprint_matches:
-        raise IdempotencyKeyReused(
-            "This Idempotency-Key was already used for a different request.",
-            originalTransactionId=(row.result or {}).get("transactionId")
-            if isinstance(row.result, dict)
-            else None,
-        )
+        raise key_reused(stored_transaction(row.result))
     return Stored(row.outcome, row.replayed, row.result)
+
+
+def stored_transaction(result: object) -> object:
+    """The transaction a stored answer names (its `transactionId`), if it is an object that
+    names one: a batch's answer (a list) or a refusal names none."""
+    return result.get("transactionId") if isinstance(result, Mapping) else None
+
+
+def key_reused(original: object) -> IdempotencyKeyReused:
+    """A key used for another request, naming the transaction its first request made (None
+    when that made none), whichever route used it first."""
+    return IdempotencyKeyReused(
+        "This Idempotency-Key was already used for a different request.",
+        originalTransactionId=str(original) if original else None,
+    )
 
 
 def declined(stored: Stored, error: Declined) -> Declined:

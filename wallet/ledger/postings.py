@@ -17,7 +17,6 @@ from wallet.db.models import IdempotencyKey
 from wallet.errors import (
     BalanceLimitExceeded,
     Declined,
-    IdempotencyKeyReused,
     InsufficientFunds,
 )
 from wallet.inputs import TxType
@@ -25,6 +24,7 @@ from wallet.ledger.common import (
     MAX_BIGINT,
     Metadata,
     fingerprint,
+    key_reused,
     metadata_json,
     operation_error,
     optional_uuid,
@@ -138,10 +138,7 @@ def transact_answer(raw: Mapping[str, Any], request: TransactRequest) -> Transac
 
 def _outcome(row: Any, request: TransactRequest) -> TransactOutcome:
     if not row["fingerprint_matches"]:
-        raise IdempotencyKeyReused(
-            "This Idempotency-Key was already used for a different request.",
-            originalTransactionId=str(row["transaction_id"]) if row["transaction_id"] else None,
-        )
+        raise key_reused(row["transaction_id"])
     return TransactOutcome(
         request=request,
         outcome=row["outcome"],
