@@ -384,6 +384,27 @@ async def test_a_batch_that_is_not_atomic_runs_each_operation_under_its_own_key(
     assert (await factory.balance(a), await factory.balance(b)) == (11, 4)
 
 
+async def test_a_refused_credit_of_a_batch_that_is_not_atomic_leaves_no_wallet(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """The batch opens the wallets its credits name before running them; a TRANSFER the sender
+    cannot pay takes its recipient's new wallet away again, as the TRANSFER mutation opens none."""
+    poor, newcomer = await factory.user(gold=1), await factory.user()
+    sent = {
+        "atomic": False,
+        "operations": [transfer_op(poor, newcomer, 5, assetSlug="diamonds", idempotencyKey=key())],
+        "idempotencyKey": key(),
+    }
+    done = await mutate(client, BATCH, sent)
+    assert [r["__typename"] for r in done["results"]] == ["InsufficientFunds"]
+    body = await gql(
+        client,
+        "query($id: UUID!) { wallet(userId: $id) { balances { asset { slug } amount } } }",
+        {"id": str(newcomer)},
+    )
+    assert body == {"data": {"wallet": {"balances": []}}}
+
+
 async def test_an_operations_reused_key_names_the_transaction_its_first_request_made(
     client: httpx.AsyncClient, factory: Factory
 ) -> None:

@@ -203,6 +203,30 @@ async def test_a_group_answers_every_posting_exactly_as_alone(
     assert await factory.balance(poor) == 8
 
 
+async def test_a_posting_refused_in_a_group_leaves_no_wallet_behind(
+    database_url: str, factory: Factory
+) -> None:
+    """A group opens the wallets its credits name before it posts (one order of locks). A TOPUP
+    refused there (its key was another request's) takes its new wallet away again, as it opens
+    none alone; the group's other posting completes."""
+    user, newcomer = await factory.user(gold=1), await factory.user()
+    earlier = (_gold(user, 1), _key())
+    reused = (ledger.TransactRequest(newcomer, "diamonds", 5, "TOPUP"), earlier[1])
+    async with _groups(database_url) as (groups, pool, metrics):
+        await groups.transact(earlier[0], key=earlier[1], principal="group-test")
+        answers = await _queued(groups, pool, [(_gold(user, 2), _key()), reused])
+        async with pool.acquire() as conn:
+            wallets = await conn.fetchval(
+                "SELECT count(*) FROM accounts WHERE user_id = $1", newcomer
+            )
+    assert metrics.group_commits.labels("each")._value.get() == 1
+    completed, refused = answers
+    assert isinstance(completed, ledger.TransactOutcome)
+    assert completed.balance_after == 4
+    assert isinstance(refused, IdempotencyKeyReused)
+    assert wallets == 0
+
+
 async def test_a_locked_wallet_fails_only_its_own_posting(
     database_url: str, factory: Factory, engine: AsyncEngine
 ) -> None:

@@ -131,7 +131,7 @@ async def _post(
         "TRUNCATE transactions CASCADE",
         # Entries name accounts without a foreign key (migration 0009): the account must stay.
         "DELETE FROM accounts WHERE user_id = :u",
-        "DELETE FROM accounts WHERE false",
+        "DELETE FROM accounts WHERE user_id IS NULL",
         "TRUNCATE accounts CASCADE",
         "UPDATE accounts SET asset_id = (SELECT id FROM assets WHERE slug = 'diamonds')"
         " WHERE user_id = :u",
@@ -149,6 +149,37 @@ async def test_ledger_tables_are_append_only(
             await conn.execute(text(statement), {"u": user})
     assert sqlstate(caught.value) == "W0101"
     assert await factory.balance(user) == 10
+
+
+async def test_only_a_wallet_nothing_was_posted_to_can_be_deleted(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    """A wallet back at 0 keeps its history, so it stays (so does every Treasury shard: above); a
+    wallet opened and never posted to, which a refused request takes away again, may go."""
+    emptied = await factory.user(gold=10)
+    await factory.transact(emptied, 10, "SPEND")
+    unused = await factory.user()
+    delete = "DELETE FROM accounts WHERE user_id = :u"
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO accounts (asset_id, kind, user_id)"
+                " SELECT id, 'USER', :u FROM assets WHERE slug = 'gold_coins'"
+            ),
+            {"u": unused},
+        )
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            await conn.execute(text(delete), {"u": emptied})
+    assert sqlstate(caught.value) == "W0101"
+    async with engine.connect() as conn:
+        kept = await conn.scalar(
+            text("SELECT count(*) FROM accounts WHERE user_id = :u"), {"u": emptied}
+        )
+    assert kept == 1
+    async with engine.begin() as conn:
+        deleted = await conn.execute(text(delete), {"u": unused})
+    assert deleted.rowcount == 1
 
 
 async def test_one_sided_transaction_is_rejected(engine: AsyncEngine, factory: Factory) -> None:

@@ -313,6 +313,10 @@ async def test_a_non_atomic_batch_runs_each_operation_on_its_own_in_input_order(
         "USER_NOT_FOUND",
         None,
     ]
+    # Each names what it could not find, as its own route does (a TRANSFER has two users).
+    assert found[3]["message"] == f"User {operations[3]['userId']} not found."
+    assert found[4]["message"] == "Asset 'no_such_asset' not found."
+    assert found[6]["message"] == f"User {operations[6]['toUserId']} not found."
     bonus, transfer, spend = found[0]["data"], found[2]["data"], found[7]["data"]
     assert set(bonus) == TRANSACT_KEYS | {"reference", "metadata"}
     assert (bonus["type"], bonus["balanceAfter"]) == ("BONUS", "40")
@@ -974,13 +978,18 @@ async def test_an_operation_without_treasury_room_is_refused_alone_in_a_non_atom
     that operation's 422 BALANCE_LIMIT_EXCEEDED, stored (the same key sent alone replays it),
     the others complete."""
     slug = await nearly_full_treasury(engine, factory)
-    user = await factory.user()
-    operations = keyed(*[op("TOPUP", user, ROOM, assetSlug=slug)] * 3)
+    user, newcomer = await factory.user(), await factory.user()
+    operations = keyed(
+        *[op("TOPUP", user, ROOM, assetSlug=slug)] * 3, op("BONUS", newcomer, 1, assetSlug=slug)
+    )
     found = results(await post_batch(client, batch(False, operations)))
-    assert [item["status"] for item in found] == [200, 200, 422]
+    assert [item["status"] for item in found] == [200, 200, 422, 422]
     assert [item["data"]["balanceAfter"] for item in found[:2]] == [str(ROOM), str(2 * ROOM)]
-    assert found[2]["code"] == "BALANCE_LIMIT_EXCEEDED"
-    assert found[2]["message"] == "The asset's Treasury has no room left for this amount."
+    for refused in found[2:]:
+        assert refused["code"] == "BALANCE_LIMIT_EXCEEDED"
+        assert refused["message"] == "The asset's Treasury has no room left for this amount."
+    # The batch opened the newcomer's wallet for the BONUS; refused, it is taken away again.
+    assert assert_ok(await client.get(f"/api/wallet/balance/{newcomer}")) == []
     alone = await client.post(
         "/api/wallet/transact",
         json={"userId": str(user), "type": "TOPUP", "amount": ROOM, "assetSlug": slug},
@@ -1017,6 +1026,42 @@ async def test_a_posting_the_treasury_has_no_room_for_is_refused_once_and_for_al
     assert again.content == first.content
     assert again.headers.get("Idempotent-Replayed") == "true"
     assert await balance_in(client, user, slug) == 2 * ROOM - 10
+    # A TOPUP refused so opens no wallet for a user who had none in the asset (it left one at 0).
+    newcomer, more = await factory.user(), {**body, "amount": ROOM}
+    more["userId"] = str(newcomer)
+    refused_new = await client.post(
+        "/api/wallet/transact", json=more, headers={"Idempotency-Key": new_key()}
+    )
+    assert_error(refused_new, 422, "BALANCE_LIMIT_EXCEEDED")
+    assert assert_ok(await client.get(f"/api/wallet/balance/{newcomer}")) == []
+    await audit_ok(client)
+
+
+async def test_a_refused_operation_of_a_non_atomic_batch_leaves_no_wallet(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """A non-atomic batch opens the wallets its credits name before it runs them (one order of
+    locks for every batch). Those whose coins did not arrive are taken away again: a TRANSFER
+    the sender cannot pay, a BONUS under a key another request used. A credit that arrives keeps
+    its new wallet."""
+    poor, newcomer, other = await factory.user(gold=5), await factory.user(), await factory.user()
+    used = new_key()
+    bonus = {"userId": str(poor), "type": "BONUS", "amount": 1, "assetSlug": GOLD}
+    assert_ok(await client.post(TRANSACT, json=bonus, headers={"Idempotency-Key": used}))
+    operations = [
+        {**transfer_op(poor, newcomer, 999, assetSlug="diamonds"), "idempotencyKey": new_key()},
+        {**op("BONUS", other, 7, assetSlug="diamonds"), "idempotencyKey": used},
+        {**op("TOPUP", newcomer, 3), "idempotencyKey": new_key()},
+    ]
+    found = results(await post_batch(client, batch(False, operations)))
+    assert [item.get("code") for item in found] == [
+        "INSUFFICIENT_FUNDS",
+        "IDEMPOTENCY_KEY_REUSED",
+        None,
+    ]
+    rows = assert_ok(await client.get(f"/api/wallet/balance/{newcomer}"))
+    assert [(r["slug"], r["balance"]) for r in rows] == [(GOLD, "3")]
+    assert assert_ok(await client.get(f"/api/wallet/balance/{other}")) == []
     await audit_ok(client)
 
 

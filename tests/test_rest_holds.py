@@ -323,7 +323,13 @@ async def test_held_coins_cannot_be_spent_or_transferred(
     user, other = await factory.user(gold=100), await factory.user()
     await held(client, user, 70)
     spend = {"userId": str(user), "amount": 31, "assetSlug": GOLD, "type": "SPEND"}
-    assert_error(await post_json(client, "/api/wallet/transact", spend), 422, "INSUFFICIENT_FUNDS")
+    refused = assert_error(
+        await post_json(client, "/api/wallet/transact", spend), 422, "INSUFFICIENT_FUNDS"
+    )
+    assert refused["message"] == (  # the balance alone would pay: the message says why not
+        "Insufficient funds: the balance is 100, but holds keep part of it unavailable;"
+        " the SPEND needs 31 available."
+    )
     transfer = {"fromUserId": str(user), "toUserId": str(other), "amount": 31, "assetSlug": GOLD}
     response = await post_json(client, "/api/wallet/transfer", transfer)
     if response.status_code != 404:  # the transfer route (REST v2) is there

@@ -615,6 +615,7 @@ async def test_transfer_with_an_unknown_user_is_404_and_not_stored(
     for body in (transfer_body(sender, nobody, 1), transfer_body(nobody, recipient, 1)):
         response = await post(client, TRANSFER, body, key=key)
         error(response, TRANSFER, "post", 404, "USER_NOT_FOUND")
+        assert response.json()["message"] == f"User {nobody} not found."  # which of the two
     # Not stored: a corrected retry under the same key runs.
     ok_data(
         await post(client, TRANSFER, transfer_body(sender, recipient, 1), key=key), TRANSFER, "post"

@@ -14,7 +14,10 @@ Design note
 * Accounts. User wallets (kind USER) and the asset's Treasury (kind TREASURY). TOPUP and BONUS
   debit the Treasury and credit the user; SPEND the other way; TRANSFER debits one user and
   credits another; a REVERSAL runs along its original's legs the other way. The Treasury issues
-  the coins, so its balance is minus everything in circulation.
+  the coins, so its balance is minus everything in circulation. A wallet opens with the first
+  coins that arrive in it: a request refused leaves none behind (a batch or group that opened
+  wallets for its credits takes away, in its own transaction, those nothing arrived in; a
+  trigger lets no other account be deleted).
 * Holds are pending debits (as in TigerBeetle): a HELD hold counts in its account's `held`, and
   a trigger on the account's balance and held amount keeps `balance >= held`, so
   `available = balance - held` never goes below zero in PostgreSQL itself. `balance` stays the

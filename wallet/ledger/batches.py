@@ -100,7 +100,7 @@ def batch_fingerprint(operations: list[BatchOperation], *, atomic: bool) -> byte
 
 def _result(operation: BatchOperation, raw: dict[str, Any]) -> OperationResult:
     if raw["outcome"] == "ERROR":
-        return operation_error(raw["code"])
+        return operation_error(raw["code"], raw.get("subject"))
     if not raw["fingerprintMatches"]:  # a posting's transaction, or a TRANSFER's answer
         return key_reused(raw.get("transactionId") or stored_transaction(raw.get("result")))
     request = operation.request

@@ -114,6 +114,8 @@ _RAISED: Final = {
     "W0008": (ValidationError, "toUserId must be another user than fromUserId."),
 }
 _FIELDS: Final = {"W0006": "amount", "W0007": "toUserId", "W0008": "toUserId"}
+# Messages naming what was not found: the id or slug the function raised as its DETAIL.
+_NAMED: Final = {"W0001": "User {} not found.", "W0002": "Asset {!r} not found."}
 
 
 def raise_for_sqlstate(error: Exception, **names: str) -> NoReturn:
@@ -123,13 +125,28 @@ def raise_for_sqlstate(error: Exception, **names: str) -> NoReturn:
     state = sqlstate(error)
     if state not in _RAISED:
         raise error
-    raise _raised(state, names) from None
+    raise _raised(state, names, _detail(error)) from None
 
 
-def _raised(state: str, names: Mapping[str, str]) -> WalletError:
+def _detail(error: Exception) -> str | None:
+    """The DETAIL of a database error, raised by asyncpg itself or through SQLAlchemy (whose
+    error's `orig` was raised from asyncpg's)."""
+    orig = getattr(error, "orig", None)
+    for candidate in (error, orig, getattr(orig, "__cause__", None)):
+        found = getattr(candidate, "detail", None)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _raised(state: str, names: Mapping[str, str], subject: str | None) -> WalletError:
     kind, message = _RAISED[state]
+    if state in names:
+        message = names[state]
+    elif subject and state in _NAMED:
+        message = _NAMED[state].format(subject)
     details = {"field": _FIELDS[state]} if state in _FIELDS else {}
-    return kind(names.get(state, message), **details)
+    return kind(message, **details)
 
 
 # ledger_error_code's names of the SQLSTATEs a batch's operation answers as its own ERROR.
@@ -139,10 +156,11 @@ _ERROR_STATES: Final = {
 }
 
 
-def operation_error(code: str, **names: str) -> WalletError:
-    """The WalletError of an operation that ledger_batch_each answered as ERROR with `code`:
-    what raise_for_sqlstate raises for that SQLSTATE when the operation runs alone."""
-    return _raised(_ERROR_STATES[code], names)
+def operation_error(code: str, subject: str | None = None, **names: str) -> WalletError:
+    """The WalletError of an operation that ledger_batch_each answered as ERROR with `code` (and
+    the `subject` it could not find): what raise_for_sqlstate raises for that SQLSTATE when the
+    operation runs alone."""
+    return _raised(_ERROR_STATES[code], names, subject)
 
 
 def parse_time(value: str) -> datetime:

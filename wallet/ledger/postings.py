@@ -188,7 +188,12 @@ async def purge_idempotency(conn: AsyncConnection, *, older_than: timedelta) -> 
 def refusal(outcome: TransactOutcome) -> Declined | None:
     """The error a declined TOPUP, BONUS or SPEND answers (marked replayed), or None."""
     error: Declined
-    if outcome.outcome == "INSUFFICIENT_FUNDS":
+    if outcome.outcome == "INSUFFICIENT_FUNDS" and outcome.balance_before >= outcome.request.amount:
+        error = InsufficientFunds(  # the balance covers it: holds keep part of it unavailable
+            f"Insufficient funds: the balance is {outcome.balance_before}, but holds keep part"
+            f" of it unavailable; the SPEND needs {outcome.request.amount} available.",
+        )
+    elif outcome.outcome == "INSUFFICIENT_FUNDS":
         error = InsufficientFunds(
             f"Insufficient funds: the balance is {outcome.balance_before}, the SPEND needs"
             f" {outcome.request.amount}.",

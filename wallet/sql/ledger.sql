@@ -12,6 +12,9 @@
 --   fails because of the shard it drew.
 -- * Every user account a function touches is locked FOR UPDATE in ascending id order before any
 --   balance check. Holds are locked before accounts.
+-- * A wallet opens with the first coins that arrive in it. A request that opened one and then
+--   posted nothing to it (refused) takes it away again in its own transaction, before anyone else
+--   can see it (ledger_close_unused, trg_accounts_unused_only), so a refusal leaves no wallet.
 -- * Idempotency: each public function claims (scope, key) first; a concurrent duplicate blocks on
 --   that row. Outcomes the ledger decides (COMPLETED and the 422s) are stored with the answer and
 --   replayed; errors raised with a W0xxx SQLSTATE roll back, so a corrected retry can run. A
@@ -55,9 +58,9 @@ CREATE OR REPLACE FUNCTION ledger_check_entries_balanced() RETURNS trigger LANGU
 -- balanced, so entries cannot be added later to a committed transaction, nor point at none; and
 -- every new entry's account exists, in the entry's asset. This check stands in for foreign keys
 -- to transactions and to accounts (id, asset_id), checked once per statement rather than once
--- per entry: transactions are append-only, and an account is never deleted nor changes its id
--- or asset (ledger_check_account_shape, trg_accounts_never_deleted). Postings insert all the
--- entries of a transaction in one statement.
+-- per entry: transactions are append-only, and an account with entries is never deleted nor
+-- changes its id or asset (ledger_check_account_shape, ledger_check_account_unused). Postings
+-- insert all the entries of a transaction in one statement.
 BEGIN
     IF EXISTS (
         SELECT 1
@@ -121,6 +124,22 @@ BEGIN
     RETURN NEW;
 END $$;
 --;
+CREATE OR REPLACE FUNCTION ledger_check_account_unused() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Before an account is deleted (trg_accounts_unused_only): only a wallet nothing was ever posted
+-- to, held on or written about may go, which is a wallet a request opened for coins that then
+-- did not arrive, taken away by that request's own transaction (ledger_close_unused) before
+-- anyone else could see it. Every other account stays: entries name accounts without a foreign
+-- key (ledger_check_entries_balanced), and an account with history is never deleted.
+BEGIN
+    IF OLD.kind <> 'USER' OR OLD.balance <> 0 OR OLD.held <> 0 OR OLD.version <> 0
+       OR EXISTS (SELECT FROM entries e WHERE e.account_id = OLD.id)
+       OR EXISTS (SELECT FROM holds h WHERE h.account_id = OLD.id) THEN
+        RAISE EXCEPTION 'DELETE on accounts is not allowed: account % has a history', OLD.id
+            USING ERRCODE = 'W0101';
+    END IF;
+    RETURN OLD;
+END $$;
+--;
 CREATE OR REPLACE FUNCTION ledger_claim_key(
     p_scope text, p_key text, p_fingerprint bytea, p_txn uuid DEFAULT NULL
 ) RETURNS idempotency_keys LANGUAGE plpgsql AS $$
@@ -159,7 +178,7 @@ DECLARE
 BEGIN
     SELECT * INTO v_asset FROM assets a WHERE a.slug = p_slug;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'asset % not found', p_slug USING ERRCODE = 'W0002';
+        RAISE EXCEPTION 'asset % not found', p_slug USING ERRCODE = 'W0002', DETAIL = p_slug;
     END IF;
     RETURN v_asset;
 END $$;
@@ -168,7 +187,7 @@ CREATE OR REPLACE FUNCTION ledger_require_user(p_user uuid) RETURNS void LANGUAG
 BEGIN
     PERFORM 1 FROM users u WHERE u.id = p_user;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'user % not found', p_user USING ERRCODE = 'W0001';
+        RAISE EXCEPTION 'user % not found', p_user USING ERRCODE = 'W0001', DETAIL = p_user::text;
     END IF;
 END $$;
 --;
@@ -185,6 +204,17 @@ BEGIN
     PERFORM 1 FROM accounts a
       WHERE a.asset_id = p_asset_id AND a.user_id = ANY (p_users)
       ORDER BY a.id FOR UPDATE;
+END $$;
+--;
+CREATE OR REPLACE FUNCTION ledger_close_unused(p_opened bigint[]) RETURNS void
+LANGUAGE plpgsql AS $$
+-- Take away the wallets of `p_opened` (opened by this transaction, still locked by it) that
+-- nothing was posted to: a refusal leaves no wallet behind, as if the request had not come.
+BEGIN
+    IF cardinality(p_opened) > 0 THEN
+        DELETE FROM accounts a
+         WHERE a.id = ANY (p_opened) AND a.version = 0 AND a.balance = 0 AND a.held = 0;
+    END IF;
 END $$;
 --;
 CREATE OR REPLACE FUNCTION ledger_move_user(
@@ -295,6 +325,7 @@ DECLARE
     v_listening boolean;
     v_moved record;
     v_treasury record;
+    v_opened boolean := false;
 BEGIN
     -- The common case in one statement: lock the wallet and move it, if the posting fits (the
     -- condition is evaluated again on the newest row when another posting held it first).
@@ -312,9 +343,18 @@ BEGIN
         IF NOT FOUND THEN
             PERFORM ledger_require_user(p_user);
             IF p_credit THEN
-                PERFORM ledger_lock_accounts(p_asset.id, ARRAY[p_user], ARRAY[p_user]);
-                SELECT a.id, a.balance, a.held INTO v_account, v_balance, v_held
-                  FROM accounts a WHERE a.user_id = p_user AND a.asset_id = p_asset.id;
+                -- Opened by this posting (unless a concurrent one opened it first): a refusal
+                -- below takes it away again (ledger_close_unused).
+                INSERT INTO accounts AS a (asset_id, kind, user_id)
+                VALUES (p_asset.id, 'USER', p_user)
+                ON CONFLICT (user_id, asset_id) DO NOTHING
+                RETURNING a.id, a.balance, a.held INTO v_account, v_balance, v_held;
+                v_opened := FOUND;
+                IF NOT v_opened THEN
+                    SELECT a.id, a.balance, a.held INTO v_account, v_balance, v_held
+                      FROM accounts a WHERE a.user_id = p_user AND a.asset_id = p_asset.id
+                       FOR UPDATE;
+                END IF;
             ELSE
                 v_balance := 0;
                 v_held := 0;
@@ -351,6 +391,9 @@ BEGIN
         UPDATE accounts a
            SET balance = a.balance - v_delta, held = a.held + p_release, version = a.version - 1
          WHERE a.id = v_account;
+        IF v_opened THEN
+            PERFORM ledger_close_unused(ARRAY[v_account]);
+        END IF;
         outcome := 'BALANCE_LIMIT_EXCEEDED';
         posted_at := p_now;
         balance_before := v_balance - v_delta;
@@ -1051,20 +1094,24 @@ CREATE OR REPLACE FUNCTION ledger_batch_each(
     p_ops jsonb, p_scope text, p_principal text, p_claimed text[] DEFAULT '{}'
 ) RETURNS jsonb LANGUAGE plpgsql AS $$
 -- Each operation alone, in order, under its own key (ledger_batch_op), in the caller's transaction
--- and locks: an unknown user or asset is that operation's ERROR, not the batch's, and releases
+-- and locks: an unknown user or asset is that operation's ERROR, not the batch's, naming it
+-- (`subject`: the id or slug ledger_require_user or ledger_asset could not find), and releases
 -- its key if this transaction claimed it (`p_claimed`), as the operation's own rollback would.
 DECLARE
     v_results jsonb[] := '{}';
     v_one jsonb;
     v_op jsonb;
     v_claimed boolean;
+    v_subject text;
 BEGIN
     FOR v_op IN SELECT * FROM jsonb_array_elements(p_ops) LOOP
         v_claimed := coalesce(v_op->>'key' = ANY (p_claimed), false);
         BEGIN
             v_one := ledger_batch_op(v_op, p_scope, p_principal, v_claimed);
         EXCEPTION WHEN SQLSTATE 'W0001' OR SQLSTATE 'W0002' THEN
-            v_one := jsonb_build_object('outcome', 'ERROR', 'code', ledger_error_code(SQLSTATE));
+            GET STACKED DIAGNOSTICS v_subject = PG_EXCEPTION_DETAIL;
+            v_one := jsonb_build_object('outcome', 'ERROR', 'code', ledger_error_code(SQLSTATE),
+                                        'subject', v_subject);
             IF v_claimed THEN
                 DELETE FROM idempotency_keys k WHERE k.scope = p_scope AND k.key = v_op->>'key';
             END IF;
@@ -1074,28 +1121,33 @@ BEGIN
     RETURN to_jsonb(v_results);
 END $$;
 --;
-CREATE OR REPLACE FUNCTION ledger_lock_batch(p_ops jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION ledger_lock_batch(p_ops jsonb, OUT pins jsonb, OUT opened bigint[])
+LANGUAGE plpgsql AS $$
 -- Take every lock a batch of operations needs, in the one order that keeps concurrent batches
 -- (and group commits) from deadlocking: its user wallets in ascending id order, then one
--- Treasury shard per asset. Answers the pins (asset id -> shard account id).
+-- Treasury shard per asset. Answers the pins (asset id -> shard account id) and the wallets it
+-- opened, which the caller closes again if nothing arrives in them (ledger_close_unused).
 DECLARE
-    v_pins jsonb;
     v_wallets bigint[];
 BEGIN
     -- Open the credited wallets not open yet (in one global order, so concurrent batches cannot
     -- deadlock on the inserts either; ON CONFLICT settles two opening one at once: the account
     -- shape trigger runs for every row proposed), then lock every wallet of the batch in
     -- ascending id order.
-    INSERT INTO accounts (asset_id, kind, user_id)
-    SELECT DISTINCT s.id, 'USER', u.id
-      FROM jsonb_array_elements(p_ops) o
-      JOIN assets s ON s.slug = o->>'assetSlug'
-      JOIN users u ON u.id = (CASE WHEN o->>'op' = 'TRANSFER' THEN o->>'toUserId'
-                                   ELSE o->>'userId' END)::uuid
-     WHERE o->>'op' IN ('TOPUP', 'BONUS', 'TRANSFER')
-       AND NOT EXISTS (SELECT FROM accounts a WHERE a.user_id = u.id AND a.asset_id = s.id)
-     ORDER BY u.id, s.id
-    ON CONFLICT (user_id, asset_id) DO NOTHING;
+    WITH inserted AS (
+        INSERT INTO accounts (asset_id, kind, user_id)
+        SELECT DISTINCT s.id, 'USER', u.id
+          FROM jsonb_array_elements(p_ops) o
+          JOIN assets s ON s.slug = o->>'assetSlug'
+          JOIN users u ON u.id = (CASE WHEN o->>'op' = 'TRANSFER' THEN o->>'toUserId'
+                                       ELSE o->>'userId' END)::uuid
+         WHERE o->>'op' IN ('TOPUP', 'BONUS', 'TRANSFER')
+           AND NOT EXISTS (SELECT FROM accounts a WHERE a.user_id = u.id AND a.asset_id = s.id)
+         ORDER BY u.id, s.id
+        ON CONFLICT (user_id, asset_id) DO NOTHING
+        RETURNING id
+    )
+    SELECT coalesce(array_agg(i.id), '{}') INTO opened FROM inserted i;
     -- Each wallet found by its (user, asset) key, one lookup per wallet (LIMIT 1 keeps the
     -- planner from joining the batch to every account: it expects a hundred operations of any
     -- batch, and read all of a few thousand accounts to lock a group's eight), then locked
@@ -1120,12 +1172,11 @@ BEGIN
          WHERE s.slug IN (SELECT o->>'assetSlug' FROM jsonb_array_elements(p_ops) o
                            WHERE o->>'op' <> 'TRANSFER')
     )
-    SELECT coalesce(jsonb_object_agg(t.asset_id, t.id), '{}') INTO v_pins
+    SELECT coalesce(jsonb_object_agg(t.asset_id, t.id), '{}') INTO pins
       FROM (SELECT a.id, a.asset_id FROM accounts a JOIN pick ON pick.id = a.asset_id
              WHERE a.kind = 'TREASURY' AND a.shard = pick.shard
              ORDER BY a.asset_id FOR UPDATE OF a) t;
-    PERFORM set_config('wallet.treasury_pins', v_pins::text, true);
-    RETURN v_pins;
+    PERFORM set_config('wallet.treasury_pins', pins::text, true);
 END $$;
 --;
 CREATE OR REPLACE FUNCTION wallet_batch(
@@ -1146,6 +1197,7 @@ DECLARE
     v_failure jsonb;
     v_op jsonb;
     v_pins jsonb;
+    v_lock record;
     v_set jsonb;
 BEGIN
     v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
@@ -1157,7 +1209,7 @@ BEGIN
 
     IF p_atomic THEN
         BEGIN  -- a failure rolls back to here: the key stays claimed, nothing else is left
-            v_pins := ledger_lock_batch(p_ops);
+            v_pins := (ledger_lock_batch(p_ops)).pins;  -- its wallets all credited, or rolled back
             IF NOT EXISTS (SELECT FROM jsonb_array_elements(p_ops) o
                             WHERE o->>'key' IS NOT NULL) THEN
                 v_set := ledger_batch_set(p_ops, p_principal, v_pins);
@@ -1197,8 +1249,9 @@ BEGIN
         RETURN QUERY SELECT 'COMPLETED'::text, false, true, v_set;
         RETURN;
     END IF;
-    v_pins := ledger_lock_batch(p_ops);
+    v_lock := ledger_lock_batch(p_ops);
     v_set := ledger_batch_each(p_ops, p_scope, p_principal);
+    PERFORM ledger_close_unused(v_lock.opened);  -- the refused credits' new wallets
     PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', NULL, v_set);
     RETURN QUERY SELECT 'COMPLETED'::text, false, true, v_set;
 END $$;
@@ -1218,7 +1271,7 @@ RETURNS jsonb LANGUAGE plpgsql AS $$
 -- ledger_batch_op's}.
 DECLARE
     v_claimed text[];
-    v_pins jsonb;
+    v_lock record;
     v_results jsonb;
 BEGIN
     WITH claimed AS (  -- each as COMPLETED by its transaction, as wallet_transact claims it
@@ -1231,13 +1284,14 @@ BEGIN
         RETURNING key
     )
     SELECT coalesce(array_agg(c.key), '{}') INTO v_claimed FROM claimed c;
-    v_pins := ledger_lock_batch(p_ops);
+    v_lock := ledger_lock_batch(p_ops);
     IF cardinality(v_claimed) = jsonb_array_length(p_ops) THEN
-        v_results := ledger_batch_set(p_ops, p_principal, v_pins);  -- NULL: nothing written
-        IF v_results IS NOT NULL THEN  -- every key stays as claimed
+        v_results := ledger_batch_set(p_ops, p_principal, v_lock.pins);  -- NULL: nothing written
+        IF v_results IS NOT NULL THEN  -- every key stays as claimed, every wallet credited
             RETURN jsonb_build_object('set', true, 'results', v_results);
         END IF;
     END IF;
-    RETURN jsonb_build_object(
-        'set', false, 'results', ledger_batch_each(p_ops, p_scope, p_principal, v_claimed));
+    v_results := ledger_batch_each(p_ops, p_scope, p_principal, v_claimed);
+    PERFORM ledger_close_unused(v_lock.opened);  -- the refused credits' new wallets
+    RETURN jsonb_build_object('set', false, 'results', v_results);
 END $$;
