@@ -206,14 +206,16 @@ BEGIN
       ORDER BY a.id FOR UPDATE;
 END $$;
 --;
-CREATE OR REPLACE FUNCTION ledger_close_unused(p_opened bigint[]) RETURNS void
+CREATE OR REPLACE FUNCTION ledger_close_unused(p_opened jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
--- Take away the wallets of `p_opened` (opened by this transaction, still locked by it) that
--- nothing was posted to: a refusal leaves no wallet behind, as if the request had not come.
+-- Take away the wallets of `p_opened` (a JSON array of account ids, opened by this transaction
+-- and still locked by it) that nothing was posted to: a refusal leaves no wallet behind, as if
+-- the request had not come.
 BEGIN
-    IF cardinality(p_opened) > 0 THEN
+    IF jsonb_array_length(p_opened) > 0 THEN
         DELETE FROM accounts a
-         WHERE a.id = ANY (p_opened) AND a.version = 0 AND a.balance = 0 AND a.held = 0;
+         WHERE a.id IN (SELECT o::bigint FROM jsonb_array_elements_text(p_opened) o)
+           AND a.version = 0 AND a.balance = 0 AND a.held = 0;
     END IF;
 END $$;
 --;
@@ -392,7 +394,7 @@ BEGIN
            SET balance = a.balance - v_delta, held = a.held + p_release, version = a.version - 1
          WHERE a.id = v_account;
         IF v_opened THEN
-            PERFORM ledger_close_unused(ARRAY[v_account]);
+            PERFORM ledger_close_unused(jsonb_build_array(v_account));
         END IF;
         outcome := 'BALANCE_LIMIT_EXCEEDED';
         posted_at := p_now;
@@ -1121,14 +1123,16 @@ BEGIN
     RETURN to_jsonb(v_results);
 END $$;
 --;
-CREATE OR REPLACE FUNCTION ledger_lock_batch(p_ops jsonb, OUT pins jsonb, OUT opened bigint[])
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION ledger_lock_batch(p_ops jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 -- Take every lock a batch of operations needs, in the one order that keeps concurrent batches
 -- (and group commits) from deadlocking: its user wallets in ascending id order, then one
--- Treasury shard per asset. Answers the pins (asset id -> shard account id) and the wallets it
--- opened, which the caller closes again if nothing arrives in them (ledger_close_unused).
+-- Treasury shard per asset. Answers {"pins": {asset id: shard account id}, "opened": [the
+-- wallets it opened]}, which the caller closes again if nothing arrives in them
+-- (ledger_close_unused).
 DECLARE
     v_wallets bigint[];
+    v_pins jsonb;
+    v_opened jsonb;
 BEGIN
     -- Open the credited wallets not open yet (in one global order, so concurrent batches cannot
     -- deadlock on the inserts either; ON CONFLICT settles two opening one at once: the account
@@ -1147,7 +1151,7 @@ BEGIN
         ON CONFLICT (user_id, asset_id) DO NOTHING
         RETURNING id
     )
-    SELECT coalesce(array_agg(i.id), '{}') INTO opened FROM inserted i;
+    SELECT coalesce(jsonb_agg(i.id), '[]') INTO v_opened FROM inserted i;
     -- Each wallet found by its (user, asset) key, one lookup per wallet (LIMIT 1 keeps the
     -- planner from joining the batch to every account: it expects a hundred operations of any
     -- batch, and read all of a few thousand accounts to lock a group's eight), then locked
@@ -1172,11 +1176,12 @@ BEGIN
          WHERE s.slug IN (SELECT o->>'assetSlug' FROM jsonb_array_elements(p_ops) o
                            WHERE o->>'op' <> 'TRANSFER')
     )
-    SELECT coalesce(jsonb_object_agg(t.asset_id, t.id), '{}') INTO pins
+    SELECT coalesce(jsonb_object_agg(t.asset_id, t.id), '{}') INTO v_pins
       FROM (SELECT a.id, a.asset_id FROM accounts a JOIN pick ON pick.id = a.asset_id
              WHERE a.kind = 'TREASURY' AND a.shard = pick.shard
              ORDER BY a.asset_id FOR UPDATE OF a) t;
-    PERFORM set_config('wallet.treasury_pins', pins::text, true);
+    PERFORM set_config('wallet.treasury_pins', v_pins::text, true);
+    RETURN jsonb_build_object('pins', v_pins, 'opened', v_opened);
 END $$;
 --;
 CREATE OR REPLACE FUNCTION wallet_batch(
@@ -1197,7 +1202,7 @@ DECLARE
     v_failure jsonb;
     v_op jsonb;
     v_pins jsonb;
-    v_lock record;
+    v_lock jsonb;
     v_set jsonb;
 BEGIN
     v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
@@ -1209,7 +1214,7 @@ BEGIN
 
     IF p_atomic THEN
         BEGIN  -- a failure rolls back to here: the key stays claimed, nothing else is left
-            v_pins := (ledger_lock_batch(p_ops)).pins;  -- its wallets all credited, or rolled back
+            v_pins := ledger_lock_batch(p_ops)->'pins';  -- its wallets all credited, or rolled back
             IF NOT EXISTS (SELECT FROM jsonb_array_elements(p_ops) o
                             WHERE o->>'key' IS NOT NULL) THEN
                 v_set := ledger_batch_set(p_ops, p_principal, v_pins);
@@ -1251,7 +1256,7 @@ BEGIN
     END IF;
     v_lock := ledger_lock_batch(p_ops);
     v_set := ledger_batch_each(p_ops, p_scope, p_principal);
-    PERFORM ledger_close_unused(v_lock.opened);  -- the refused credits' new wallets
+    PERFORM ledger_close_unused(v_lock->'opened');  -- the refused credits' new wallets
     PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', NULL, v_set);
     RETURN QUERY SELECT 'COMPLETED'::text, false, true, v_set;
 END $$;
@@ -1271,7 +1276,7 @@ RETURNS jsonb LANGUAGE plpgsql AS $$
 -- ledger_batch_op's}.
 DECLARE
     v_claimed text[];
-    v_lock record;
+    v_lock jsonb;
     v_results jsonb;
 BEGIN
     WITH claimed AS (  -- each as COMPLETED by its transaction, as wallet_transact claims it
@@ -1286,12 +1291,12 @@ BEGIN
     SELECT coalesce(array_agg(c.key), '{}') INTO v_claimed FROM claimed c;
     v_lock := ledger_lock_batch(p_ops);
     IF cardinality(v_claimed) = jsonb_array_length(p_ops) THEN
-        v_results := ledger_batch_set(p_ops, p_principal, v_lock.pins);  -- NULL: nothing written
+        v_results := ledger_batch_set(p_ops, p_principal, v_lock->'pins');  -- NULL: nothing written
         IF v_results IS NOT NULL THEN  -- every key stays as claimed, every wallet credited
             RETURN jsonb_build_object('set', true, 'results', v_results);
         END IF;
     END IF;
     v_results := ledger_batch_each(p_ops, p_scope, p_principal, v_claimed);
-    PERFORM ledger_close_unused(v_lock.opened);  -- the refused credits' new wallets
+    PERFORM ledger_close_unused(v_lock->'opened');  -- the refused credits' new wallets
     RETURN jsonb_build_object('set', false, 'results', v_results);
 END $$;

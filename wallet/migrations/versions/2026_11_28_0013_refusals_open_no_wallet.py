@@ -18,7 +18,7 @@ after a refusal, which then showed in the user's balances:
 
 Each now takes away, in its own transaction and before anyone else can see them, the wallets it
 opened that nothing was posted to (`ledger_close_unused`; `ledger_lock_batch` answers the
-wallets it opened beside its pins). `trg_accounts_never_deleted` refused every DELETE on
+wallets it opened beside its pins: `{"pins": ..., "opened": [...]}`). `trg_accounts_never_deleted` refused every DELETE on
 accounts; `trg_accounts_unused_only` refuses the DELETE of any account but a wallet with no
 balance, nothing held, no version, no entry and no hold (`ledger_check_account_unused`), and
 TRUNCATE stays refused (`trg_accounts_no_truncate`).
@@ -62,7 +62,6 @@ def _run(script: str) -> None:
 
 
 def upgrade() -> None:
-    op.execute("DROP FUNCTION ledger_lock_batch(jsonb)")  # it answers the wallets it opened too
     _run(FROZEN.read_text(encoding="utf-8"))
     op.execute("DROP TRIGGER trg_accounts_never_deleted ON accounts")
     op.execute(NO_TRUNCATE)
@@ -73,7 +72,6 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER trg_accounts_unused_only ON accounts")
     op.execute("DROP TRIGGER trg_accounts_no_truncate ON accounts")
     op.execute(NEVER_DELETED)
-    op.execute("DROP FUNCTION ledger_lock_batch(jsonb)")
-    op.execute("DROP FUNCTION ledger_close_unused(bigint[])")
+    op.execute("DROP FUNCTION ledger_close_unused(jsonb)")
     op.execute("DROP FUNCTION ledger_check_account_unused()")
     _run(PREVIOUS.read_text(encoding="utf-8"))
