@@ -206,6 +206,9 @@ async def test_transfer_refusals_are_union_members(
         assert (result["__typename"], result["code"]) == (typename, code), sent
     same = await mutate(client, TRANSFER, transfer_input(sender, sender, 1))
     assert same["field"] == "toUserId"
+    nobody = uuid.uuid4()  # a NotFound names which of the two users is unknown
+    for sent in (transfer_input(sender, nobody, 1), transfer_input(nobody, recipient, 1)):
+        assert (await mutate(client, TRANSFER, sent))["message"] == f"User {nobody} not found."
     assert (await factory.balance(sender), await factory.balance(recipient)) == (15, 0)
 
 
