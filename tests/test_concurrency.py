@@ -290,3 +290,69 @@ async def test_a_posting_that_waited_for_its_wallet_is_judged_on_the_balance_it_
         assert await factory.balance(user) == after
     finally:
         await engine.dispose()
+
+
+async def _waiting_for_a_lock(engine: AsyncEngine, count: int) -> None:
+    """Until `count` sessions of this database wait for a lock (10 s at most). Each look is its
+    own transaction: a transaction reads pg_stat_activity once and keeps what it read."""
+    for _ in range(200):
+        async with engine.begin() as conn:
+            waiting = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        if waiting >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{count} sessions never waited for a lock")
+
+
+async def test_a_transfer_and_a_batch_opening_one_wallet_never_deadlock(
+    engine: AsyncEngine, database_url: str, factory: Factory
+) -> None:
+    """A batch opens its credits' wallets before it locks any; a TRANSFER to a user without a
+    wallet must too. It opened the wallet after locking the sender's, so (sender locked by a
+    third session, the TRANSFER queued first on it, then the batch, which opened the wallet and
+    queued too) the TRANSFER got the sender and waited for the batch's new wallet while the batch
+    waited for the sender: PostgreSQL broke the cycle by failing one (40P01, answered 503)."""
+    sender, newcomer = await factory.user(gold=10), await factory.user()
+    # One engine per session, so that none waits for another's pool.
+    third_engine, transfer_engine, batch_engine = (
+        create_engine(database_url, pool_size=1, lock_timeout_ms=10_000) for _ in range(3)
+    )
+
+    async def transfer() -> object:
+        async with transfer_engine.begin() as conn:
+            request = ledger.TransferRequest(sender, newcomer, "gold_coins", 1)
+            return await ledger.transfer(conn, request, key=str(uuid.uuid4()), principal="")
+
+    async def batch() -> object:
+        refused = ledger.TransferRequest(sender, newcomer, "gold_coins", 1_000)
+        operation = ledger.BatchOperation(refused, key=str(uuid.uuid4()))
+        async with batch_engine.begin() as conn:
+            return await ledger.batch(
+                conn, [operation], atomic=False, key=str(uuid.uuid4()), principal=""
+            )
+
+    try:
+        async with third_engine.begin() as third:
+            await third.execute(
+                text(
+                    "SELECT 1 FROM accounts a JOIN assets s ON s.id = a.asset_id"
+                    " WHERE a.user_id = :u AND s.slug = 'gold_coins' FOR UPDATE"
+                ),
+                {"u": sender},
+            )
+            first = asyncio.create_task(transfer())
+            await _waiting_for_a_lock(engine, 1)
+            second = asyncio.create_task(batch())
+            await _waiting_for_a_lock(engine, 2)
+        moved, batched = await asyncio.gather(first, second)  # the third session committed
+        assert isinstance(moved, ledger.TransferDone)
+        assert isinstance(batched, ledger.BatchDone)
+        assert (await factory.balance(sender), await factory.balance(newcomer)) == (9, 1)
+    finally:
+        for one in (third_engine, transfer_engine, batch_engine):
+            await one.dispose()

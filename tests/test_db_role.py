@@ -18,8 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import ROOT, start_server
 from tests.factories import Factory
+from tests.test_group_commit import _gold, _groups, _queued
 from wallet import ledger
 from wallet.db.engine import create_engine
+from wallet.errors import IdempotencyKeyReused, InsufficientFunds
 from wallet.seed import ALICE
 
 ROLE = "wallet_test_service"
@@ -109,3 +111,65 @@ def test_server_on_the_service_role_with_an_owner_url_for_operators(
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert denied.returncode != 0
+
+
+async def test_service_role_takes_away_the_wallets_a_refusal_opened(
+    service: AsyncEngine, service_url: str, factory: Factory
+) -> None:
+    """A refused credit's new wallet is deleted with the service's own rights (migration 0013
+    grants DELETE on accounts; the trigger lets only such a wallet go): in a non-atomic batch, a
+    TRANSFER alone and a group of postings."""
+    poor, newcomer, other = await factory.user(gold=1), await factory.user(), await factory.user()
+    async with service.begin() as conn:
+        done = await ledger.batch(
+            conn,
+            [
+                ledger.BatchOperation(
+                    ledger.TransferRequest(poor, newcomer, "diamonds", 5), key=str(uuid.uuid4())
+                ),
+                ledger.BatchOperation(
+                    ledger.TransactRequest(other, "gold_coins", 3, "TOPUP"), key=str(uuid.uuid4())
+                ),
+            ],
+            atomic=False,
+            key=str(uuid.uuid4()),
+            principal="",
+        )
+        alone = await ledger.transfer(
+            conn,
+            ledger.TransferRequest(poor, newcomer, "diamonds", 5),
+            key=str(uuid.uuid4()),
+            principal="",
+        )
+    assert isinstance(done, ledger.BatchDone)
+    assert isinstance(done.results[0], InsufficientFunds)
+    assert isinstance(done.results[1], ledger.TransactOutcome)
+    assert isinstance(alone, InsufficientFunds)
+    used = str(uuid.uuid4())
+    reused = (ledger.TransactRequest(newcomer, "diamonds", 5, "TOPUP"), used)
+    async with _groups(service_url) as (groups, pool, metrics):
+        await groups.transact(_gold(poor, 1), key=used, principal="group-test")
+        answers = await _queued(groups, pool, [(_gold(other, 2), str(uuid.uuid4())), reused])
+    assert metrics.group_commits.labels("each")._value.get() == 1  # not "failed", then alone
+    assert isinstance(answers[0], ledger.TransactOutcome)
+    assert isinstance(answers[1], IdempotencyKeyReused)
+    async with service.connect() as conn:
+        wallets = await conn.scalar(
+            text("SELECT count(*) FROM accounts WHERE user_id = :u"), {"u": newcomer}
+        )
+    assert wallets == 0
+    assert await factory.balance(other) == 5
+
+
+async def test_service_role_deletes_no_account_with_a_history(
+    service: AsyncEngine, factory: Factory
+) -> None:
+    """Its DELETE on accounts (for the wallets refusals opened) stops at the trigger: a wallet
+    with coins, or emptied, and every Treasury shard stay."""
+    emptied = await factory.user(gold=3)
+    await factory.transact(emptied, 3, "SPEND")
+    for statement in ("DELETE FROM accounts WHERE user_id = :u", "DELETE FROM accounts"):
+        with pytest.raises(DBAPIError) as caught:
+            async with service.begin() as conn:
+                await conn.execute(text(statement), {"u": emptied})
+        assert getattr(caught.value.orig, "sqlstate", None) == "W0101"

@@ -11,7 +11,9 @@
 --   write, never locked up front. A shard without room for the amount is skipped, so no credit
 --   fails because of the shard it drew.
 -- * Every user account a function touches is locked FOR UPDATE in ascending id order before any
---   balance check. Holds are locked before accounts.
+--   balance check. Holds are locked before accounts; wallets a function opens are opened before it
+--   locks any (an INSERT waits for another transaction opening the same wallet, so opening after
+--   a lock could close a cycle with it).
 -- * A wallet opens with the first coins that arrive in it. A request that opened one and then
 --   posted nothing to it (refused) takes it away again in its own transaction, before anyone else
 --   can see it (ledger_close_unused, trg_accounts_unused_only), so a refusal leaves no wallet.
@@ -191,16 +193,11 @@ BEGIN
     END IF;
 END $$;
 --;
-CREATE OR REPLACE FUNCTION ledger_lock_accounts(p_asset_id integer, p_users uuid[], p_create uuid[])
+CREATE OR REPLACE FUNCTION ledger_lock_accounts(p_asset_id integer, p_users uuid[])
 RETURNS void LANGUAGE plpgsql AS $$
--- Open the accounts of `p_create` that do not exist yet, then lock every account of `p_users`
--- in the asset, in ascending id order (the ORDER BY sits below the row locks).
+-- Lock every account of `p_users` in the asset, in ascending id order (the ORDER BY sits below
+-- the row locks).
 BEGIN
-    IF cardinality(p_create) > 0 THEN
-        INSERT INTO accounts (asset_id, kind, user_id)
-        SELECT p_asset_id, 'USER', u FROM unnest(p_create) u
-        ON CONFLICT (user_id, asset_id) DO NOTHING;
-    END IF;
     PERFORM 1 FROM accounts a
       WHERE a.asset_id = p_asset_id AND a.user_id = ANY (p_users)
       ORDER BY a.id FOR UPDATE;
@@ -499,20 +496,27 @@ DECLARE
     v_from accounts;
     v_to accounts;
     v_moved record;
+    v_opened bigint;
 BEGIN
-    PERFORM ledger_lock_accounts(p_asset.id, ARRAY[p_from, p_to], '{}');
+    -- A recipient without a wallet in the asset gets one before any wallet is locked, as a batch
+    -- opens its wallets before it locks them: opening after the sender's lock would wait for a
+    -- batch opening the same wallet while that batch waits for the sender (a deadlock). A
+    -- refusal takes it away again (ledger_close_unused).
+    IF NOT EXISTS (SELECT FROM accounts a WHERE a.user_id = p_to AND a.asset_id = p_asset.id) THEN
+        INSERT INTO accounts AS a (asset_id, kind, user_id) VALUES (p_asset.id, 'USER', p_to)
+        ON CONFLICT (user_id, asset_id) DO NOTHING
+        RETURNING a.id INTO v_opened;
+    END IF;
+    PERFORM ledger_lock_accounts(p_asset.id, ARRAY[p_from, p_to]);
     p_now := greatest(p_now, clock_timestamp());  -- once the locks are held (see ledger_post_user)
     posted_at := p_now;
     SELECT * INTO v_from FROM accounts a WHERE a.user_id = p_from AND a.asset_id = p_asset.id;
     SELECT * INTO v_to FROM accounts a WHERE a.user_id = p_to AND a.asset_id = p_asset.id;
-    IF v_from.id IS NOT NULL AND v_from.balance - v_from.held + p_release >= p_amount
-       AND v_to.id IS NULL THEN
-        -- The recipient's wallet opens only for coins that arrive (a refusal leaves none). Its
-        -- new row is locked by nobody else, so opening it after the sender's lock is safe.
-        PERFORM ledger_lock_accounts(p_asset.id, ARRAY[p_to], ARRAY[p_to]);
-        SELECT * INTO v_to FROM accounts a WHERE a.user_id = p_to AND a.asset_id = p_asset.id;
-    END IF;
     IF v_from.id IS NULL OR v_from.balance - v_from.held + p_release < p_amount THEN
+        IF v_opened IS NOT NULL THEN  -- no coins arrive: the recipient has no wallet, as before
+            PERFORM ledger_close_unused(jsonb_build_array(v_opened));
+            v_to.balance := NULL;
+        END IF;
         outcome := 'INSUFFICIENT_FUNDS';
         from_balance := coalesce(v_from.balance, 0);
         to_balance := v_to.balance;

@@ -18,10 +18,20 @@ after a refusal, which then showed in the user's balances:
 
 Each now takes away, in its own transaction and before anyone else can see them, the wallets it
 opened that nothing was posted to (`ledger_close_unused`; `ledger_lock_batch` answers the
-wallets it opened beside its pins: `{"pins": ..., "opened": [...]}`). `trg_accounts_never_deleted` refused every DELETE on
-accounts; `trg_accounts_unused_only` refuses the DELETE of any account but a wallet with no
-balance, nothing held, no version, no entry and no hold (`ledger_check_account_unused`), and
-TRUNCATE stays refused (`trg_accounts_no_truncate`).
+wallets it opened beside its pins: `{"pins": ..., "opened": [...]}`).
+
+* `trg_accounts_never_deleted` refused every DELETE on accounts; `trg_accounts_unused_only`
+  refuses the DELETE of any account but a wallet with no balance, nothing held, no version, no
+  entry and no hold (`ledger_check_account_unused`), and TRUNCATE stays refused
+  (`trg_accounts_no_truncate`). The service's role `wallet_app` may DELETE on accounts, within
+  what the trigger lets through.
+* `holds (account_id, asset_id)` is indexed: the DELETE of a wallet checks that no hold names
+  it (the trigger, and the holds -> accounts foreign key), which read every hold without it.
+* A TRANSFER (and a capture to a user) opens its recipient's wallet before it locks the
+  sender's, as a batch and a group open theirs before locking: it opened it after, so it could
+  wait for a batch opening the same wallet while that batch waited for the sender's lock (a
+  deadlock, answered 503). It takes the wallet away again when refused. `ledger_lock_accounts`
+  no longer opens accounts (its third argument is gone).
 
 The functions come from the frozen copy beside this file (wallet/sql/ledger.sql at this
 revision); the downgrade puts back revision 0012's.
@@ -55,6 +65,8 @@ UNUSED_ONLY = (
     " FOR EACH ROW EXECUTE FUNCTION ledger_check_account_unused()"
 )
 
+HOLDS_BY_ACCOUNT = "CREATE INDEX ix_holds_account_id_asset_id ON holds (account_id, asset_id)"
+
 
 def _run(script: str) -> None:
     for statement in statements(script):
@@ -62,16 +74,22 @@ def _run(script: str) -> None:
 
 
 def upgrade() -> None:
+    op.execute("DROP FUNCTION ledger_lock_accounts(integer, uuid[], uuid[])")
     _run(FROZEN.read_text(encoding="utf-8"))
     op.execute("DROP TRIGGER trg_accounts_never_deleted ON accounts")
     op.execute(NO_TRUNCATE)
     op.execute(UNUSED_ONLY)
+    op.execute(HOLDS_BY_ACCOUNT)
+    op.execute("GRANT DELETE ON accounts TO wallet_app")
 
 
 def downgrade() -> None:
+    op.execute("REVOKE DELETE ON accounts FROM wallet_app")
+    op.execute("DROP INDEX ix_holds_account_id_asset_id")
     op.execute("DROP TRIGGER trg_accounts_unused_only ON accounts")
     op.execute("DROP TRIGGER trg_accounts_no_truncate ON accounts")
     op.execute(NEVER_DELETED)
     op.execute("DROP FUNCTION ledger_close_unused(jsonb)")
     op.execute("DROP FUNCTION ledger_check_account_unused()")
+    op.execute("DROP FUNCTION ledger_lock_accounts(integer, uuid[])")
     _run(PREVIOUS.read_text(encoding="utf-8"))
