@@ -158,3 +158,44 @@ async def test_purge_idempotency_removes_only_expired_keys(
         )
     assert removed >= 1
     assert left == {new_key}
+
+
+@pytest.mark.parametrize("hours", ["0", "23"])
+def test_purge_idempotency_refuses_fewer_than_24_hours(scratch_database: str, hours: str) -> None:
+    """`--older-than-hours 0` was taken as "not given" and purged at the default age."""
+    refused = wallet_cli(
+        "purge-idempotency", "--older-than-hours", hours, database_url=scratch_database
+    )
+    assert refused.returncode == 2
+    assert "at least 24 hours" in refused.stderr
+
+
+def test_a_setting_out_of_range_is_named_without_a_traceback(scratch_database: str) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": scratch_database,
+        "WALLET_IDEMPOTENCY_RETENTION_HOURS": "5",
+    }
+    refused = subprocess.run(
+        [sys.executable, "-m", "wallet.cli", "audit"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("wallet: WALLET_IDEMPOTENCY_RETENTION_HOURS: ")
+    assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("postgresql://postgres@127.0.0.1:1/wallet", "cannot reach the database"),
+        ("postgresql://postgres@127.0.0.1:5432/wallet_no_such_database", "does not exist"),
+    ],
+    ids=["no server", "no database"],
+)
+def test_a_database_it_cannot_connect_to_is_one_line_not_a_traceback(url: str, said: str) -> None:
+    refused = wallet_cli("audit", database_url=url)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("wallet: ")
+    assert said in refused.stderr
+    assert "Traceback" not in refused.stderr

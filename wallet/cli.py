@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import os
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
@@ -15,9 +16,12 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import Final, TypeVar
 
+import asyncpg
+import pydantic
 import structlog
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallet import auth, ledger
@@ -27,6 +31,7 @@ from wallet.embedded import EmbeddedError, EmbeddedPostgres
 from wallet.errors import WalletError
 from wallet.http import JSONHttpToolsProtocol
 from wallet.inputs import parse_asset_name, parse_int_range, parse_new_asset_slug
+from wallet.ledger.common import sqlstate
 from wallet.logging import configure_logging
 from wallet.observability import MULTIPROC_ENV
 from wallet.seed import seed
@@ -249,7 +254,8 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_purge_idempotency(args: argparse.Namespace, settings: Settings) -> int:
-    hours = args.older_than_hours or settings.idempotency_retention_hours
+    given = args.older_than_hours
+    hours = settings.idempotency_retention_hours if given is None else given
     if hours < 24:
         print("refusing: idempotency keys are kept at least 24 hours", file=sys.stderr)
         return 2
@@ -299,7 +305,9 @@ def parser() -> argparse.ArgumentParser:
     )
     create = keys.add_parser("create", help="create a key and print its secret once")
     create.add_argument("--name", required=True)
-    create.add_argument("--scopes", required=True, help="comma-separated: read,transact,admin")
+    create.add_argument(
+        "--scopes", required=True, help=f"comma-separated, some of: {','.join(auth.SCOPES)}"
+    )
     keys.add_parser("list", help="list keys (never their secrets)")
     revoke = keys.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")
@@ -326,14 +334,36 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except pydantic.ValidationError as error:  # a setting out of range: say which, no traceback
+        for problem in error.errors():
+            field = str(problem["loc"][0]) if problem["loc"] else "settings"
+            name = field if field.isupper() else f"WALLET_{field.upper()}"  # an alias, or ours
+            print(f"wallet: {name}: {problem['msg']}", file=sys.stderr)
+        return 2
     configure_logging(settings)
     try:
         code: int = args.handler(args, settings)
     except (EmbeddedError, WalletError) as error:
         print(f"wallet: {error}", file=sys.stderr)
         return 2
+    except (ConnectionError, socket.gaierror) as error:  # no server there, or no such host
+        print(f"wallet: cannot reach the database: {error}", file=sys.stderr)
+        return 2
+    except (DBAPIError, asyncpg.PostgresError) as error:
+        state = sqlstate(error) or ""
+        if not state.startswith(_CANNOT_CONNECT):
+            raise
+        found = getattr(error, "orig", error)
+        print(f"wallet: cannot connect to the database: {found}", file=sys.stderr)
+        return 2
     return code
+
+
+# SQLSTATE classes of a refused connection: connection exception, invalid authorization (a role
+# or password), invalid catalog name (no such database).
+_CANNOT_CONNECT: Final = ("08", "28", "3D")
 
 
 if __name__ == "__main__":
