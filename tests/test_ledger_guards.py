@@ -485,3 +485,51 @@ async def test_an_entry_naming_an_account_of_another_asset_is_rejected(
             )
             await _post(conn, user, asset, 5, [(diamonds, "DEBIT", 5), (user_acc, "CREDIT", 5)])
     assert sqlstate(caught.value) == "W0100"
+
+
+async def test_taking_a_wallet_away_reads_no_hold_whoever_holds_the_most(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    """The DELETE guard looks holds and entries up by account, planned for each account: a plan
+    kept for any account, judged by the statistics (here every hold names one wallet), read
+    every hold for each new wallet taken away (a batch of 1,000 refused credits ran past its
+    statement timeout). Counted in this transaction's own table statistics, then rolled back."""
+    holder = await factory.user(gold=10)
+    ids = {"ids": [str(uuid.uuid4()) for _ in range(20)]}
+    async with engine.connect() as conn:
+        trans = await conn.begin()
+        await conn.execute(
+            text(
+                "INSERT INTO holds (id, account_id, asset_id, user_id, amount, status, expires_at,"
+                "                   principal, finished_at)"
+                " SELECT gen_random_uuid(), a.id, a.asset_id, a.user_id, 1, 'VOIDED', now(),"
+                "        'test', now()"
+                "   FROM accounts a, generate_series(1, 5000) WHERE a.user_id = :u"
+            ),
+            {"u": holder},
+        )
+        await conn.execute(text("ANALYZE holds"))
+        await conn.execute(
+            text(
+                "INSERT INTO users (id, username)"
+                " SELECT u, 'away-' || u FROM unnest(CAST(:ids AS uuid[])) u"
+            ),
+            ids,
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO accounts (asset_id, kind, user_id)"
+                " SELECT s.id, 'USER', u FROM unnest(CAST(:ids AS uuid[])) u, assets s"
+                " WHERE s.slug = 'gold_coins'"
+            ),
+            ids,
+        )
+        deleted = await conn.execute(
+            text("DELETE FROM accounts WHERE user_id = ANY(CAST(:ids AS uuid[]))"), ids
+        )
+        scans = await conn.scalar(
+            text("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'holds'")
+        )
+        await trans.rollback()
+    assert deleted.rowcount == len(ids["ids"])
+    assert scans == 0

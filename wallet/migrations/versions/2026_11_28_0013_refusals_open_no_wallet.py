@@ -27,6 +27,9 @@ wallets it opened beside its pins: `{"pins": ..., "opened": [...]}`).
   what the trigger lets through.
 * `holds (account_id, asset_id)` is indexed: the DELETE of a wallet checks that no hold names
   it (the trigger, and the holds -> accounts foreign key), which read every hold without it.
+  The trigger plans its lookups for each account (`plan_cache_mode = force_custom_plan`): a
+  plan kept for any account, judged by the account most holds name, read every hold for a new
+  wallet (17 ms a wallet with 300,000 holds on one account).
 * A TRANSFER (and a capture to a user) opens its recipient's wallet before it locks the
   sender's, as a batch and a group open theirs before locking: it opened it after, so it could
   wait for a batch opening the same wallet while that batch waited for the sender's lock (a
