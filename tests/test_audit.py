@@ -10,7 +10,9 @@ import sys
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -18,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tests.conftest import ROOT, create_database, drop_database
 from tests.factories import Factory
 from wallet import ledger
-from wallet.audit import audit
+from wallet.audit import CHECKS, audit
 from wallet.cli import _run, migrate
 from wallet.inputs import TxType
 from wallet.seed import seed
@@ -84,6 +86,67 @@ async def test_audit_reports_a_breach(
     assert not report.ok
     assert check in report.breaches
     assert "AUDIT FAILED" in report.render()
+
+
+HOLD_CHECK = "a captured hold posted at most its amount, once, from its own wallet"
+
+
+async def _hold(engine: AsyncEngine, user: uuid.UUID, amount: int = 1) -> uuid.UUID:
+    async with engine.begin() as conn:
+        held = await ledger.create_hold(
+            conn, ledger.HoldRequest(user, "gold_coins", amount), key=str(uuid.uuid4()),
+            principal="",
+        )  # fmt: skip
+    assert isinstance(held, ledger.HoldView)
+    return held.hold_id
+
+
+async def test_audit_reports_a_hold_a_transaction_claims_without_being_its_capture(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    """A VOIDED hold that a transaction names (hold_id) posted something it never captured."""
+    user = await factory.user(gold=20)
+    hold = await _hold(engine, user)
+    async with engine.begin() as conn:
+        await ledger.void_hold(conn, hold, key=str(uuid.uuid4()), principal="")
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="REPEATABLE READ")
+        trans = await conn.begin()
+        await conn.execute(text("ALTER TABLE transactions DISABLE TRIGGER USER"))
+        await conn.execute(
+            text("UPDATE transactions SET hold_id = :h WHERE user_id = :u"), {"h": hold, "u": user}
+        )
+        report = await audit(conn)
+        await trans.rollback()
+    assert list(report.breaches) == [
+        "a captured hold posted at most its amount, once, from its own wallet"
+    ]
+    (found,) = report.breaches[
+        "a captured hold posted at most its amount, once, from its own wallet"
+    ]
+    assert found.startswith(f"hold {hold}: amount 1, captured 0")
+
+
+def _subplans(node: dict[str, Any]) -> list[str]:
+    """The subqueries a plan runs once per row of another (correlated: a SubPlan)."""
+    found = [node["Subplan Name"]] if node.get("Parent Relationship") == "SubPlan" else []
+    for child in node.get("Plans", []):
+        found.extend(_subplans(child))
+    return found
+
+
+async def test_the_hold_check_runs_no_query_per_hold(engine: AsyncEngine, factory: Factory) -> None:
+    """The hold check counted each hold's transactions with a subquery run once per hold, each a
+    scan of every transaction (no index on hold_id): with 300,000 holds, past the 15 s statement
+    timeout. It counts every hold's transactions at once, in one pass."""
+    user = await factory.user(gold=100)
+    for _ in range(3):
+        await _hold(engine, user)
+    async with engine.connect() as conn:
+        found = (await conn.execute(text(dict(CHECKS)[HOLD_CHECK]))).all()
+        plan = await conn.scalar(text("EXPLAIN (FORMAT JSON) " + dict(CHECKS)[HOLD_CHECK]))
+    assert found == []
+    assert _subplans(plan[0]["Plan"]) == []
 
 
 @pytest.fixture
@@ -199,3 +262,32 @@ def test_a_database_it_cannot_connect_to_is_one_line_not_a_traceback(url: str, s
     assert refused.stderr.startswith("wallet: ")
     assert said in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+async def test_an_audit_past_the_statement_timeout_is_one_line_not_a_breach(
+    scratch_database: str,
+) -> None:
+    """The CLI takes WALLET_STATEMENT_TIMEOUT_MS, and a statement cancelled by it is exit 2 with
+    one line (exit 1 means a breach). A session holding the holds table keeps the audit waiting,
+    under a lock timeout (2 s) longer than the statement timeout."""
+    blocker = await asyncpg.connect(scratch_database)
+    try:
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE holds IN ACCESS EXCLUSIVE MODE")
+            refused = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "wallet.cli", "audit"],
+                env={
+                    **os.environ,
+                    "DATABASE_URL": scratch_database,
+                    "WALLET_STATEMENT_TIMEOUT_MS": "300",
+                },
+                cwd=ROOT, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+    finally:
+        await blocker.close()
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr == (
+        "wallet: a statement ran past WALLET_STATEMENT_TIMEOUT_MS (300 ms);"
+        " set it higher for this command\n"
+    )

@@ -356,3 +356,64 @@ async def test_a_transfer_and_a_batch_opening_one_wallet_never_deadlock(
     finally:
         for one in (third_engine, transfer_engine, batch_engine):
             await one.dispose()
+
+
+@pytest.mark.parametrize("atomic", [False, True])
+@pytest.mark.parametrize("kind", ["TOPUP", "TRANSFER"])
+async def test_one_key_sent_alone_and_in_a_batch_at_once_never_deadlocks(
+    engine: AsyncEngine, database_url: str, factory: Factory, kind: str, atomic: bool
+) -> None:
+    """A request alone claims its key, then locks its wallets; a batch locked its wallets, then
+    claimed each operation's key. So (the wallet locked by a third session, the batch queued
+    first on it, then the request alone, which claimed the key and queued too) the batch got the
+    wallet and waited for the key while the request waited for the wallet: PostgreSQL failed one
+    (40P01, answered 503). A batch claims its keys before it locks; the request then waits for
+    the batch's key and replays the batch's operation."""
+    user, other = await factory.user(gold=10), await factory.user()
+    key = str(uuid.uuid4())
+    request: ledger.TransactRequest | ledger.TransferRequest = (
+        ledger.TransactRequest(user, "gold_coins", 5, "TOPUP")
+        if kind == "TOPUP"
+        else ledger.TransferRequest(user, other, "gold_coins", 5)
+    )
+    third_engine, alone_engine, batch_engine = (
+        create_engine(database_url, pool_size=1, lock_timeout_ms=10_000) for _ in range(3)
+    )
+
+    async def alone() -> object:
+        async with alone_engine.begin() as conn:
+            if isinstance(request, ledger.TransactRequest):
+                return await ledger.transact(conn, request, key=key, principal="")
+            return await ledger.transfer(conn, request, key=key, principal="")
+
+    async def batch() -> object:
+        operation = ledger.BatchOperation(request, key=key)
+        async with batch_engine.begin() as conn:
+            return await ledger.batch(
+                conn, [operation], atomic=atomic, key=str(uuid.uuid4()), principal=""
+            )
+
+    try:
+        async with third_engine.begin() as third:
+            await third.execute(
+                text(
+                    "SELECT 1 FROM accounts a JOIN assets s ON s.id = a.asset_id"
+                    " WHERE a.user_id = :u AND s.slug = 'gold_coins' FOR UPDATE"
+                ),
+                {"u": user},
+            )
+            first = asyncio.create_task(batch())
+            await _waiting_for_a_lock(engine, 1)
+            second = asyncio.create_task(alone())
+            await _waiting_for_a_lock(engine, 2)
+        batched, posted = await asyncio.gather(first, second)  # the third session committed
+    finally:
+        for one in (third_engine, alone_engine, batch_engine):
+            await one.dispose()
+    assert isinstance(batched, ledger.BatchDone)
+    (result,) = batched.results
+    assert isinstance(result, ledger.TransactOutcome | ledger.TransferDone)
+    assert isinstance(posted, ledger.TransactOutcome | ledger.TransferDone)
+    assert (result.replayed, posted.replayed) == (False, True)
+    assert posted.transaction_id == result.transaction_id
+    assert await factory.balance(user) == (15 if kind == "TOPUP" else 5)

@@ -21,7 +21,7 @@ from tests.factories import Factory
 from tests.test_group_commit import _gold, _groups, _queued
 from wallet import ledger
 from wallet.db.engine import create_engine
-from wallet.errors import IdempotencyKeyReused, InsufficientFunds
+from wallet.errors import IdempotencyKeyReused, InsufficientFunds, TransactionNotFound
 from wallet.seed import ALICE
 
 ROLE = "wallet_test_service"
@@ -87,6 +87,44 @@ async def test_service_role_cannot_rewrite_history(service: AsyncEngine, stateme
         async with service.begin() as conn:
             await conn.execute(text(statement))
     assert getattr(caught.value.orig, "sqlstate", None) in ("42501", "42809")  # privilege
+
+
+async def test_the_one_column_it_may_update_on_transactions_still_changes_nothing(
+    service: AsyncEngine, factory: Factory
+) -> None:
+    """UPDATE (id) on transactions is granted for the row lock a reversal takes; the append-only
+    trigger refuses the UPDATE itself."""
+    await factory.user(gold=1)
+    with pytest.raises(DBAPIError) as caught:
+        async with service.begin() as conn:
+            await conn.execute(text("UPDATE transactions SET id = id"))
+    assert getattr(caught.value.orig, "sqlstate", None) == "W0101"  # append-only
+
+
+async def test_service_role_reverses(service: AsyncEngine, factory: Factory) -> None:
+    """A reversal locks the transaction it reverses (FOR UPDATE needs the UPDATE privilege):
+    every reversal failed as the service's role, an unknown transaction's included."""
+    user = await factory.user()
+    async with service.begin() as conn:
+        topup = await ledger.transact(
+            conn,
+            ledger.TransactRequest(user, "gold_coins", 10, "TOPUP"),
+            key=str(uuid.uuid4()),
+            principal="",
+        )
+        assert topup.transaction_id is not None
+        done = await ledger.reverse(
+            conn, ledger.ReverseRequest(topup.transaction_id, 4), key=str(uuid.uuid4()),
+            principal="",
+        )  # fmt: skip
+    assert isinstance(done, ledger.ReversalDone)
+    assert (done.amount, done.remaining_reversible) == (4, 6)
+    assert await factory.balance(user) == 6
+    with pytest.raises(TransactionNotFound):
+        async with service.begin() as conn:
+            await ledger.reverse(
+                conn, ledger.ReverseRequest(uuid.uuid4()), key=str(uuid.uuid4()), principal=""
+            )
 
 
 def test_server_on_the_service_role_with_an_owner_url_for_operators(

@@ -465,19 +465,21 @@ async def test_a_group_holding_a_transfer_is_refused_before_anything_posts(
 
 
 @pytest.mark.parametrize(
-    ("code", "error", "message"),
+    ("code", "subject", "error", "message"),
     [
-        ("USER_NOT_FOUND", UserNotFound, "User {user} not found."),
-        ("ASSET_NOT_FOUND", AssetNotFound, "Asset 'gold_coins' not found."),
+        ("USER_NOT_FOUND", "{user}", UserNotFound, "User {user} not found."),
+        ("ASSET_NOT_FOUND", "gold_coins", AssetNotFound, "Asset 'gold_coins' not found."),
     ],
 )
 def test_a_grouped_posting_answered_as_an_error_raises_what_it_raises_alone(
-    code: str, error: type[WalletError], message: str
+    code: str, subject: str, error: type[WalletError], message: str
 ) -> None:
-    """ledger_batch_each answers an operation's unknown user or asset as that operation's ERROR:
-    its poster raises what wallet_transact's SQLSTATE raises for the same request alone."""
+    """ledger_batch_each answers an operation's unknown user or asset as that operation's ERROR,
+    with the id or slug it could not find: its poster raises what wallet_transact's SQLSTATE
+    raises for the same request alone."""
     user = uuid.uuid4()
     request = ledger.TransactRequest(user, "gold_coins", 5, "TOPUP")
+    answer = {"outcome": "ERROR", "code": code, "subject": subject.format(user=user)}
     with pytest.raises(error) as raised:
-        transact_answer({"outcome": "ERROR", "code": code}, request)
+        transact_answer(answer, request)
     assert raised.value.message == message.format(user=user)

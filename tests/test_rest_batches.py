@@ -300,9 +300,20 @@ async def test_a_non_atomic_batch_runs_each_operation_on_its_own_in_input_order(
         if item["status"] == 200:
             assert set(item) == {"status", "data"}
         else:
-            assert set(item) == {"status", "code", "message"}
+            assert (
+                {"status", "code", "message"}
+                <= set(item)
+                <= {
+                    "status",
+                    "code",
+                    "message",
+                    "details",
+                }
+            )
             assert isinstance(item["message"], str)
             assert item["message"]
+    details = [sorted(r.get("details", {})) for r in found]  # as their routes give them
+    assert details == [[], [], [], [], [], ["available"], [], []]
     assert [r.get("code") for r in found] == [
         None,
         "INSUFFICIENT_FUNDS",
@@ -365,6 +376,31 @@ async def test_each_operation_answers_exactly_as_its_own_route_under_its_key(
             ).encode()
         )
     assert await golds(client, [a, b]) == [48, 9]
+
+
+async def test_a_refused_operation_answers_its_routes_code_message_and_details(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """Replayed under its key, the route answers the batch's refusal: the operation's error is
+    the route's, `details` included (an INSUFFICIENT_FUNDS says what is available)."""
+    a, b = await factory.user(gold=5), await factory.user()
+    spend, transfer = op("SPEND", a, 8), transfer_op(a, b, 9)
+    operations = keyed(spend, transfer)
+    found = results(await post_batch(client, batch(False, operations)))
+    routes = [
+        ("/api/wallet/transact", {k: v for k, v in spend.items() if k != "op"} | {"type": "SPEND"}),
+        ("/api/wallet/transfer", {k: v for k, v in transfer.items() if k != "op"}),
+    ]
+    for (path, body), operation, result in zip(routes, operations, found, strict=True):
+        alone = await client.post(
+            path, json=body, headers={"Idempotency-Key": operation["idempotencyKey"]}
+        )
+        assert alone.status_code == result["status"] == 422
+        assert alone.json() == {"success": False} | {
+            k: v for k, v in result.items() if k != "status"
+        }
+    assert found[1]["details"]["available"] == "5"
+    assert await golds(client, [a, b]) == [5, 0]
 
 
 async def test_a_retried_non_atomic_batch_replays_what_was_done_and_runs_the_rest(

@@ -123,12 +123,13 @@ CHECKS: list[tuple[str, str]] = [
         """SELECT 'hold ' || h.id || ': amount ' || h.amount || ', captured '
                   || h.captured_amount || ', posted ' || coalesce(t.amount::text, 'nothing')
              FROM holds h LEFT JOIN transactions t ON t.id = h.transaction_id
+             LEFT JOIN (SELECT hold_id, count(*) AS n FROM transactions
+                         WHERE hold_id IS NOT NULL GROUP BY hold_id) c ON c.hold_id = h.id
             WHERE h.captured_amount > h.amount
                OR (h.status = 'CAPTURED' AND (t.id IS NULL OR t.amount <> h.captured_amount
                    OR t.hold_id <> h.id OR t.user_id <> h.user_id))
                OR (h.status <> 'CAPTURED' AND h.captured_amount <> 0)
-               OR (SELECT count(*) FROM transactions x WHERE x.hold_id = h.id)
-                  <> (h.status = 'CAPTURED')::int""",
+               OR coalesce(c.n, 0) <> (h.status = 'CAPTURED')::int""",
     ),
 ]
 

@@ -53,11 +53,12 @@ def _run(
     work: Callable[[AsyncConnection], Awaitable[T]],
     *,
     isolation_level: str = "READ COMMITTED",
+    statement_timeout_ms: int = 15000,
 ) -> T:
     """Run `work` in one committed transaction on a short-lived engine."""
 
     async def main() -> T:
-        engine = create_engine(database_url, pool_size=1)
+        engine = create_engine(database_url, pool_size=1, statement_timeout_ms=statement_timeout_ms)
         try:
             async with engine.connect() as conn:
                 await conn.execution_options(isolation_level=isolation_level)
@@ -248,7 +249,12 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     with database(settings, stop_embedded=False) as url:
-        report = _run(url, audit, isolation_level="REPEATABLE READ")
+        report = _run(
+            url,
+            audit,
+            isolation_level="REPEATABLE READ",
+            statement_timeout_ms=settings.statement_timeout_ms,
+        )
     print(report.render())
     return 0 if report.ok else 1
 
@@ -261,7 +267,9 @@ def cmd_purge_idempotency(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     with database(settings, stop_embedded=False) as url:
         removed = _run(
-            url, lambda conn: ledger.purge_idempotency(conn, older_than=timedelta(hours=hours))
+            url,
+            lambda conn: ledger.purge_idempotency(conn, older_than=timedelta(hours=hours)),
+            statement_timeout_ms=settings.statement_timeout_ms,
         )
     print(f"removed {removed} idempotency keys older than {hours} hours")
     return 0
@@ -353,6 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (DBAPIError, asyncpg.PostgresError) as error:
         state = sqlstate(error) or ""
+        if state == _QUERY_CANCELED:  # the statement timeout: an answer, not a breach (exit 1)
+            print(
+                f"wallet: a statement ran past WALLET_STATEMENT_TIMEOUT_MS"
+                f" ({settings.statement_timeout_ms} ms); set it higher for this command",
+                file=sys.stderr,
+            )
+            return 2
         if not state.startswith(_CANNOT_CONNECT):
             raise
         found = getattr(error, "orig", error)
@@ -364,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
 # SQLSTATE classes of a refused connection: connection exception, invalid authorization (a role
 # or password), invalid catalog name (no such database).
 _CANNOT_CONNECT: Final = ("08", "28", "3D")
+_QUERY_CANCELED: Final = "57014"
 
 
 if __name__ == "__main__":

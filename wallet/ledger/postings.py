@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal, NoReturn
+from typing import Any, Final, Literal
 
 import asyncpg
 from sqlalchemy import bindparam, delete, func, text
@@ -107,23 +107,11 @@ def _params(request: TransactRequest, *, key: str, principal: str) -> dict[str, 
     }
 
 
-def _not_found(request: TransactRequest) -> dict[str, str]:
-    """What W0001 and W0002 say about this request."""
-    return {
-        "W0001": f"User {request.user_id} not found.",
-        "W0002": f"Asset {request.asset_slug!r} not found.",
-    }
-
-
-def _raise_for(error: Exception, request: TransactRequest) -> NoReturn:
-    raise_for_sqlstate(error, **_not_found(request))
-
-
 def transact_answer(raw: Mapping[str, Any], request: TransactRequest) -> TransactOutcome:
     """A posting's answer as `ledger_batch_op` writes it in JSON, raised or returned exactly as
     `transact_pg` raises or returns the same answer."""
     if raw["outcome"] == "ERROR":
-        raise operation_error(raw["code"], **_not_found(request))
+        raise operation_error(raw["code"], raw.get("subject"))
     row = {
         "outcome": raw["outcome"],
         "replayed": raw["replayed"],
@@ -161,7 +149,7 @@ async def transact(
     try:
         result = await conn.execute(_TRANSACT_SQL, _params(request, key=key, principal=principal))
     except DBAPIError as error:
-        _raise_for(error, request)
+        raise_for_sqlstate(error)
     return _outcome(result.one()._mapping, request)
 
 
@@ -173,7 +161,7 @@ async def transact_pg(
     try:
         row = await conn.fetchrow(_TRANSACT_PG, *(params[name] for name in _PARAMS))
     except asyncpg.PostgresError as error:
-        _raise_for(error, request)
+        raise_for_sqlstate(error)
     return _outcome(row, request)
 
 

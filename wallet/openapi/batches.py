@@ -45,17 +45,26 @@ BATCH_DONE: Final = object_of(
     results={
         "type": "array",
         "description": "In input order. Atomic: each operation's data, as its route answers it."
-        " Not atomic: {status: 200, data} or {status: 4xx, code, message} per operation.",
+        " Not atomic: {status: 200, data} or {status: 4xx, code, message, details?} per"
+        " operation (details when its route's error has them).",
         "items": {
             "oneOf": [
                 TRANSACTED,
                 TRANSFERRED,
                 object_of(status={"const": 200}, data=OPERATION_DATA),
-                object_of(
-                    status={"type": "integer", "minimum": 400, "maximum": 499},
-                    code={"type": "string"},
-                    message={"type": "string"},
-                ),
+                {
+                    **object_of(
+                        status={"type": "integer", "minimum": 400, "maximum": 499},
+                        code={"type": "string"},
+                        message={"type": "string"},
+                    ),
+                    "properties": {
+                        "status": {"type": "integer", "minimum": 400, "maximum": 499},
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "details": {"type": "object"},
+                    },
+                },
             ]
         },
     }

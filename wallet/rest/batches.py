@@ -123,9 +123,13 @@ def operation_data(result: ledger.TransactOutcome | ledger.TransferDone) -> dict
 
 
 def operation_result(result: ledger.OperationResult) -> dict[str, Any]:
-    """A non-atomic batch's answer for one operation: its status and data, or its error."""
+    """A non-atomic batch's answer for one operation: its status and data, or its error (with
+    `details` when its route's error has them)."""
     if isinstance(result, WalletError):
-        return {"status": result.status, "code": result.code, "message": result.message}
+        error = {"status": result.status, "code": result.code, "message": result.message}
+        if result.details:
+            error["details"] = dict(result.details)
+        return error
     return {"status": 200, "data": operation_data(result)}
 
 

@@ -17,7 +17,8 @@
 -- * A wallet opens with the first coins that arrive in it. A request that opened one and then
 --   posted nothing to it (refused) takes it away again in its own transaction, before anyone else
 --   can see it (ledger_close_unused, trg_accounts_unused_only), so a refusal leaves no wallet.
--- * Idempotency: each public function claims (scope, key) first; a concurrent duplicate blocks on
+-- * Idempotency: each public function claims (scope, key) first, and a batch or a group all its
+--   operations' keys, in key order, before it locks any wallet; a concurrent duplicate blocks on
 --   that row. Outcomes the ledger decides (COMPLETED and the 422s) are stored with the answer and
 --   replayed; errors raised with a W0xxx SQLSTATE roll back, so a corrected retry can run. A
 --   TOPUP, BONUS or SPEND claims its key as COMPLETED by its transaction, and rewrites it only
@@ -177,6 +178,29 @@ CREATE OR REPLACE FUNCTION ledger_store_outcome(
 ) RETURNS void LANGUAGE sql AS $$
     UPDATE idempotency_keys k SET outcome = p_outcome, transaction_id = p_txn, result = p_result
      WHERE k.scope = p_scope AND k.key = p_key;
+$$;
+--;
+CREATE OR REPLACE FUNCTION ledger_claim_keys(p_scope text, p_ops jsonb) RETURNS text[]
+LANGUAGE sql AS $$
+-- Claim the keys of a batch's or a group's operations at once, in key order, before any wallet
+-- is locked: a request alone claims its key, then locks its wallets, so a batch that locked
+-- first and then waited for a key a request alone held could deadlock with it. A TOPUP, BONUS or
+-- SPEND claims its key as COMPLETED by its transaction (as wallet_transact does), a TRANSFER
+-- with no outcome yet (as wallet_transfer does). A key given twice is claimed for its first
+-- operation. Answers the keys claimed; a key stored before (or by a request that committed
+-- meanwhile) is not, and its operation replays it (ledger_batch_op).
+    WITH claimed AS (
+        INSERT INTO idempotency_keys (scope, key, fingerprint, outcome, transaction_id)
+        SELECT p_scope, o.v->>'key', decode(o.v->>'fingerprint', 'hex'),
+               CASE WHEN o.v->>'op' <> 'TRANSFER' THEN 'COMPLETED' END,
+               CASE WHEN o.v->>'op' <> 'TRANSFER' THEN (o.v->>'txn')::uuid END
+          FROM jsonb_array_elements(p_ops) WITH ORDINALITY o (v, i)
+         WHERE o.v->>'key' IS NOT NULL
+         ORDER BY o.v->>'key', o.i
+        ON CONFLICT DO NOTHING
+        RETURNING key
+    )
+    SELECT coalesce(array_agg(c.key), '{}') FROM claimed c;
 $$;
 --;
 CREATE OR REPLACE FUNCTION ledger_asset(p_slug text) RETURNS assets LANGUAGE plpgsql STABLE AS $$
@@ -934,7 +958,7 @@ CREATE OR REPLACE FUNCTION ledger_batch_op(
 ) RETURNS jsonb LANGUAGE plpgsql AS $$
 -- One operation of a batch, under its own key when it has one (exactly the rules of its own
 -- route, so a retry of that route replays it). Answers the raw outcome; the service shapes it.
--- `p_claimed`: this transaction has claimed the key of this TOPUP, BONUS or SPEND already.
+-- `p_claimed`: this transaction has claimed the operation's key already (ledger_claim_keys).
 DECLARE
     v_key text := p_op->>'key';
     v_fingerprint bytea := decode(p_op->>'fingerprint', 'hex');
@@ -945,7 +969,7 @@ DECLARE
     v_row record;
 BEGIN
     IF p_op->>'op' = 'TRANSFER' THEN
-        IF v_key IS NOT NULL THEN
+        IF v_key IS NOT NULL AND NOT p_claimed THEN
             SELECT * INTO v_row FROM wallet_transfer(
                 p_scope, v_key, v_fingerprint, (p_op->>'fromUserId')::uuid,
                 (p_op->>'toUserId')::uuid, p_op->>'assetSlug', v_amount, v_txn, p_principal,
@@ -956,6 +980,10 @@ BEGIN
               FROM ledger_transfer((p_op->>'fromUserId')::uuid, (p_op->>'toUserId')::uuid,
                                    p_op->>'assetSlug', v_amount, v_txn, p_principal,
                                    p_op->>'reference', v_metadata) d;
+            IF p_claimed THEN  -- as wallet_transfer stores it
+                PERFORM ledger_store_outcome(p_scope, v_key, v_row.outcome,
+                    CASE WHEN v_row.outcome = 'COMPLETED' THEN v_txn END, v_row.result);
+            END IF;
         END IF;
         RETURN jsonb_build_object('outcome', v_row.outcome, 'replayed', v_row.replayed,
                                   'fingerprintMatches', v_row.fingerprint_matches,
@@ -1107,16 +1135,21 @@ CREATE OR REPLACE FUNCTION ledger_batch_each(
 -- Each operation alone, in order, under its own key (ledger_batch_op), in the caller's transaction
 -- and locks: an unknown user or asset is that operation's ERROR, not the batch's, naming it
 -- (`subject`: the id or slug ledger_require_user or ledger_asset could not find), and releases
--- its key if this transaction claimed it (`p_claimed`), as the operation's own rollback would.
+-- its key if this transaction claimed it (`p_claimed`, ledger_claim_keys), as the operation's
+-- own rollback would. A claimed key is the first operation's with that key; a later one replays.
 DECLARE
     v_results jsonb[] := '{}';
     v_one jsonb;
     v_op jsonb;
+    v_unused text[] := p_claimed;
     v_claimed boolean;
     v_subject text;
 BEGIN
     FOR v_op IN SELECT * FROM jsonb_array_elements(p_ops) LOOP
-        v_claimed := coalesce(v_op->>'key' = ANY (p_claimed), false);
+        v_claimed := coalesce(v_op->>'key' = ANY (v_unused), false);
+        IF v_claimed THEN
+            v_unused := array_remove(v_unused, v_op->>'key');
+        END IF;
         BEGIN
             v_one := ledger_batch_op(v_op, p_scope, p_principal, v_claimed);
         EXCEPTION WHEN SQLSTATE 'W0001' OR SQLSTATE 'W0002' THEN
@@ -1198,11 +1231,13 @@ CREATE OR REPLACE FUNCTION wallet_batch(
     p_principal text
 ) RETURNS TABLE (outcome text, replayed boolean, fingerprint_matches boolean, result jsonb)
 LANGUAGE plpgsql AS $$
--- Up to 1,000 TOPUP, BONUS, SPEND and TRANSFER operations in one round trip. Every account they
--- touch is locked first, in ascending id order, so concurrent batches never deadlock. Atomic: all
--- or nothing; the first failure rolls everything back (BATCH_FAILED), the wallets the batch
--- opened for its credits included; without per-operation keys it is posted set-based
--- (ledger_batch_set). Not atomic: each operation stands alone under its own key.
+-- Up to 1,000 TOPUP, BONUS, SPEND and TRANSFER operations in one round trip. The operations'
+-- keys are claimed first, in key order (ledger_claim_keys), then every account they touch is
+-- locked, in ascending id order, so concurrent batches, groups and requests alone never
+-- deadlock. Atomic: all or nothing; the first failure rolls everything back (BATCH_FAILED), the
+-- keys it claimed and the wallets it opened for its credits included; without per-operation
+-- keys it is posted set-based (ledger_batch_set). Not atomic: each operation stands alone under
+-- its own key.
 DECLARE
     v_stored idempotency_keys;
     v_results jsonb[] := '{}';
@@ -1213,6 +1248,7 @@ DECLARE
     v_pins jsonb;
     v_lock jsonb;
     v_set jsonb;
+    v_claimed text[];
 BEGIN
     v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
     IF v_stored.scope IS NOT NULL THEN
@@ -1223,6 +1259,7 @@ BEGIN
 
     IF p_atomic THEN
         BEGIN  -- a failure rolls back to here: the key stays claimed, nothing else is left
+            v_claimed := ledger_claim_keys(p_scope, p_ops);
             v_pins := ledger_lock_batch(p_ops)->'pins';  -- its wallets all credited, or rolled back
             IF NOT EXISTS (SELECT FROM jsonb_array_elements(p_ops) o
                             WHERE o->>'key' IS NOT NULL) THEN
@@ -1230,7 +1267,11 @@ BEGIN
             END IF;
             IF v_set IS NULL THEN  -- not set-based: each operation in order
                 FOR v_op IN SELECT * FROM jsonb_array_elements(p_ops) LOOP
-                    v_one := ledger_batch_op(v_op, p_scope, p_principal);
+                    v_one := ledger_batch_op(v_op, p_scope, p_principal,
+                                             coalesce(v_op->>'key' = ANY (v_claimed), false));
+                    IF v_op->>'key' = ANY (v_claimed) THEN  -- a later operation with it replays
+                        v_claimed := array_remove(v_claimed, v_op->>'key');
+                    END IF;
                     IF NOT (v_one->>'fingerprintMatches')::boolean THEN
                         v_failure := jsonb_build_object('index', v_index,
                                                         'code', 'IDEMPOTENCY_KEY_REUSED');
@@ -1263,8 +1304,9 @@ BEGIN
         RETURN QUERY SELECT 'COMPLETED'::text, false, true, v_set;
         RETURN;
     END IF;
+    v_claimed := ledger_claim_keys(p_scope, p_ops);
     v_lock := ledger_lock_batch(p_ops);
-    v_set := ledger_batch_each(p_ops, p_scope, p_principal);
+    v_set := ledger_batch_each(p_ops, p_scope, p_principal, v_claimed);
     PERFORM ledger_close_unused(v_lock->'opened');  -- the refused credits' new wallets
     PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', NULL, v_set);
     RETURN QUERY SELECT 'COMPLETED'::text, false, true, v_set;
@@ -1275,9 +1317,9 @@ RETURNS jsonb LANGUAGE plpgsql AS $$
 -- Group commit: TOPUP, BONUS and SPEND postings that waited together, each under its own key in
 -- `p_scope` (a key appears once), posted in one transaction and one commit. Locks are taken as
 -- a posting alone takes them, keys first, then wallets, then the Treasury: every key in key order
--- (no group holds a wallet while it waits for a key), then every wallet in ascending id order and
--- one Treasury shard per asset (ledger_lock_batch). Keys are claimed as COMPLETED by their
--- transactions, as wallet_transact claims its key. When every key is new and every posting
+-- (no group holds a wallet while it waits for a key; ledger_claim_keys, as a batch claims its
+-- operations'), then every wallet in ascending id order and one Treasury shard per asset
+-- (ledger_lock_batch). When every key is new and every posting
 -- completes, set-based (ledger_batch_set), the keys then left as claimed; otherwise each
 -- posting runs alone, in order, as wallet_transact (ledger_batch_each), which decides every
 -- other case: a replay, a reused key, a refusal, an unknown user or asset.
@@ -1288,16 +1330,7 @@ DECLARE
     v_lock jsonb;
     v_results jsonb;
 BEGIN
-    WITH claimed AS (  -- each as COMPLETED by its transaction, as wallet_transact claims it
-        INSERT INTO idempotency_keys (scope, key, fingerprint, outcome, transaction_id)
-        SELECT p_scope, o->>'key', decode(o->>'fingerprint', 'hex'), 'COMPLETED',
-               (o->>'txn')::uuid
-          FROM jsonb_array_elements(p_ops) o
-         ORDER BY o->>'key'
-        ON CONFLICT DO NOTHING
-        RETURNING key
-    )
-    SELECT coalesce(array_agg(c.key), '{}') INTO v_claimed FROM claimed c;
+    v_claimed := ledger_claim_keys(p_scope, p_ops);
     v_lock := ledger_lock_batch(p_ops);
     IF cardinality(v_claimed) = jsonb_array_length(p_ops) THEN
         v_results := ledger_batch_set(p_ops, p_principal, v_lock->'pins');  -- NULL: nothing written

@@ -1,0 +1,51 @@
+"""Batches claim their operations' keys before they lock; the service's role may reverse.
+
+Revision ID: 0014
+Revises: 0013
+Create Date: 2026-11-29
+
+* A batch claims every operation's idempotency key at once, in key order, before it locks any
+  wallet (`ledger_claim_keys`, which a group commit now uses too). It locked its wallets first,
+  then claimed each operation's key as it ran it; a request alone claims its key first, then
+  locks. The same key sent to both at once could deadlock them (PostgreSQL failed one, answered
+  503 BUSY). A claimed TRANSFER's outcome is stored as `wallet_transfer` stores it, and a key an
+  operation repeats is claimed for its first operation only (a later one replays it).
+* `wallet_app` may UPDATE the `id` of transactions: a reversal locks the transaction it reverses
+  (`SELECT ... FOR UPDATE`, so that concurrent reversals of it queue), and a row lock needs the
+  UPDATE privilege. Every reversal failed as the service's role. The append-only trigger still
+  refuses every UPDATE of a transaction, and no other column may be named in one.
+
+The functions come from the frozen copy beside this file (wallet/sql/ledger.sql at this
+revision); the downgrade puts back revision 0013's.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from alembic import op
+
+from wallet.sql import statements
+
+revision: str = "0014"
+down_revision: str | None = "0013"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+FROZEN = Path(__file__).with_suffix(".sql")
+PREVIOUS = Path(__file__).with_name("2026_11_28_0013_refusals_open_no_wallet.sql")
+
+
+def _run(script: str) -> None:
+    for statement in statements(script):
+        op.execute(statement)
+
+
+def upgrade() -> None:
+    _run(FROZEN.read_text(encoding="utf-8"))
+    op.execute("GRANT UPDATE (id) ON transactions TO wallet_app")
+
+
+def downgrade() -> None:
+    op.execute("REVOKE UPDATE (id) ON transactions FROM wallet_app")
+    op.execute("DROP FUNCTION ledger_claim_keys(text, jsonb)")
+    _run(PREVIOUS.read_text(encoding="utf-8"))
