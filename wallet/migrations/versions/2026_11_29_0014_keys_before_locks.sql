@@ -181,14 +181,18 @@ CREATE OR REPLACE FUNCTION ledger_store_outcome(
 $$;
 --;
 CREATE OR REPLACE FUNCTION ledger_claim_keys(p_scope text, p_ops jsonb) RETURNS text[]
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
 -- Claim the keys of a batch's or a group's operations at once, in key order, before any wallet
 -- is locked: a request alone claims its key, then locks its wallets, so a batch that locked
 -- first and then waited for a key a request alone held could deadlock with it. A TOPUP, BONUS or
 -- SPEND claims its key as COMPLETED by its transaction (as wallet_transact does), a TRANSFER
 -- with no outcome yet (as wallet_transfer does). A key given twice is claimed for its first
 -- operation. Answers the keys claimed; a key stored before (or by a request that committed
--- meanwhile) is not, and its operation replays it (ledger_batch_op).
+-- meanwhile) is not, and its operation replays it (ledger_batch_op). PL/pgSQL keeps the
+-- statement's plan for the session, where an SQL function would plan it at every call.
+DECLARE
+    v_claimed text[];
+BEGIN
     WITH claimed AS (
         INSERT INTO idempotency_keys (scope, key, fingerprint, outcome, transaction_id)
         SELECT p_scope, o.v->>'key', decode(o.v->>'fingerprint', 'hex'),
@@ -200,8 +204,9 @@ LANGUAGE sql AS $$
         ON CONFLICT DO NOTHING
         RETURNING key
     )
-    SELECT coalesce(array_agg(c.key), '{}') FROM claimed c;
-$$;
+    SELECT coalesce(array_agg(c.key), '{}') INTO v_claimed FROM claimed c;
+    RETURN v_claimed;
+END $$;
 --;
 CREATE OR REPLACE FUNCTION ledger_asset(p_slug text) RETURNS assets LANGUAGE plpgsql STABLE AS $$
 DECLARE
