@@ -278,3 +278,50 @@ def test_keys_a_completed_posting_wrote_once_replay_across_0010_down_and_up(
     command.upgrade(alembic_config(empty_database), "head")
     assert asyncio.run(replay()) == first
     assert _ledger_state(empty_database) == before  # replays moved nothing
+
+
+def test_the_empty_wallets_refusals_left_before_0013_go_at_0014(empty_database: str) -> None:
+    """Before 0013 a refused credit could leave its new wallet (balance 0, nothing posted); 0014
+    takes those away, and keeps every wallet something was posted to, emptied ones included."""
+    config = alembic_config(empty_database)
+    command.upgrade(config, "0013")
+    user = uuid.uuid4()
+
+    async def make() -> None:
+        engine = create_engine(empty_database, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                await ledger.ensure_asset(conn, slug="gold_coins", name="Gold Coins")
+                await ledger.ensure_asset(conn, slug="diamonds", name="Diamonds")
+                await ledger.create_user(conn, user_id=user, username="leftover")
+            for n, (amount, kind) in enumerate([(5, "TOPUP"), (5, "SPEND")]):
+                request = ledger.TransactRequest(user, "gold_coins", amount, kind)
+                async with engine.begin() as conn:
+                    await ledger.transact(conn, request, key=f"k{n}", principal="")
+            async with engine.begin() as conn:  # what a refusal left before 0013
+                await conn.execute(
+                    text(
+                        "INSERT INTO accounts (asset_id, kind, user_id)"
+                        " SELECT id, 'USER', :u FROM assets WHERE slug = 'diamonds'"
+                    ),
+                    {"u": user},
+                )
+        finally:
+            await engine.dispose()
+
+    async def wallets() -> list[tuple[str, int, int]]:
+        conn = await asyncpg.connect(empty_database.replace("+asyncpg", ""))
+        try:
+            rows = await conn.fetch(
+                "SELECT s.slug, a.balance, a.version FROM accounts a"
+                " JOIN assets s ON s.id = a.asset_id WHERE a.user_id = $1 ORDER BY s.slug",
+                user,
+            )
+        finally:
+            await conn.close()
+        return [(r["slug"], r["balance"], r["version"]) for r in rows]
+
+    asyncio.run(make())
+    assert asyncio.run(wallets()) == [("diamonds", 0, 0), ("gold_coins", 0, 2)]
+    command.upgrade(config, "head")
+    assert asyncio.run(wallets()) == [("gold_coins", 0, 2)]

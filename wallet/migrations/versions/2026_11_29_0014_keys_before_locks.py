@@ -1,4 +1,5 @@
-"""Batches claim their operations' keys before they lock; the service's role may reverse.
+"""Batches claim their operations' keys before they lock; the service's role may reverse; the
+empty wallets refusals left before 0013 go.
 
 Revision ID: 0014
 Revises: 0013
@@ -14,6 +15,11 @@ Create Date: 2026-11-29
   (`SELECT ... FOR UPDATE`, so that concurrent reversals of it queue), and a row lock needs the
   UPDATE privilege. Every reversal failed as the service's role. The append-only trigger still
   refuses every UPDATE of a transaction, and no other column may be named in one.
+
+* The empty wallets that refusals left before revision 0013 are taken away: a user's wallet that
+  nothing was ever posted to (version 0) and nothing held on. Only a posting opens a wallet, so
+  each of these is what a refused credit opened; it showed as a zero balance of the user's. The
+  downgrade does not put them back (a wallet opens again with its first coins).
 
 The functions come from the frozen copy beside this file (wallet/sql/ledger.sql at this
 revision); the downgrade puts back revision 0013's.
@@ -40,9 +46,19 @@ def _run(script: str) -> None:
         op.execute(statement)
 
 
+# What trg_accounts_unused_only lets go (it refuses anything else, whatever this selects).
+NEVER_USED = """
+DELETE FROM accounts a
+ WHERE a.kind = 'USER' AND a.version = 0 AND a.balance = 0 AND a.held = 0
+   AND NOT EXISTS (SELECT FROM entries e WHERE e.account_id = a.id)
+   AND NOT EXISTS (SELECT FROM holds h WHERE h.account_id = a.id)
+"""
+
+
 def upgrade() -> None:
     _run(FROZEN.read_text(encoding="utf-8"))
     op.execute("GRANT UPDATE (id) ON transactions TO wallet_app")
+    op.execute(NEVER_USED)
 
 
 def downgrade() -> None:
