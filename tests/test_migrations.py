@@ -294,7 +294,8 @@ def test_the_empty_wallets_refusals_left_before_0013_go_at_0014(empty_database: 
                 await ledger.ensure_asset(conn, slug="gold_coins", name="Gold Coins")
                 await ledger.ensure_asset(conn, slug="diamonds", name="Diamonds")
                 await ledger.create_user(conn, user_id=user, username="leftover")
-            for n, (amount, kind) in enumerate([(5, "TOPUP"), (5, "SPEND")]):
+            postings: list[tuple[int, TxType]] = [(5, "TOPUP"), (5, "SPEND")]
+            for n, (amount, kind) in enumerate(postings):
                 request = ledger.TransactRequest(user, "gold_coins", amount, kind)
                 async with engine.begin() as conn:
                     await ledger.transact(conn, request, key=f"k{n}", principal="")
