@@ -264,12 +264,20 @@ def test_a_database_it_cannot_connect_to_is_one_line_not_a_traceback(url: str, s
     assert "Traceback" not in refused.stderr
 
 
-async def test_an_audit_past_the_statement_timeout_is_one_line_not_a_breach(
-    scratch_database: str,
+@pytest.mark.parametrize(
+    ("timeouts", "said"),
+    [
+        ({"WALLET_STATEMENT_TIMEOUT_MS": "300"}, "canceling statement due to statement timeout"),
+        ({"WALLET_LOCK_TIMEOUT_MS": "300"}, "canceling statement due to lock timeout"),
+    ],
+    ids=["statement timeout", "lock timeout"],
+)
+async def test_an_audit_the_database_stops_is_said_in_lines_not_a_breach(
+    scratch_database: str, timeouts: dict[str, str], said: str
 ) -> None:
-    """The CLI takes WALLET_STATEMENT_TIMEOUT_MS, and a statement cancelled by it is exit 2 with
-    one line (exit 1 means a breach). A session holding the holds table keeps the audit waiting,
-    under a lock timeout (2 s) longer than the statement timeout."""
+    """The CLI takes WALLET_STATEMENT_TIMEOUT_MS and WALLET_LOCK_TIMEOUT_MS; a statement either
+    stops is exit 2 with what the database said (exit 1 means a breach; it was a traceback and
+    exit 1). A session holding the holds table keeps the audit waiting."""
     blocker = await asyncpg.connect(scratch_database)
     try:
         async with blocker.transaction():
@@ -280,14 +288,16 @@ async def test_an_audit_past_the_statement_timeout_is_one_line_not_a_breach(
                 env={
                     **os.environ,
                     "DATABASE_URL": scratch_database,
-                    "WALLET_STATEMENT_TIMEOUT_MS": "300",
+                    "WALLET_STATEMENT_TIMEOUT_MS": "10000",
+                    "WALLET_LOCK_TIMEOUT_MS": "10000",
+                    **timeouts,
                 },
                 cwd=ROOT, capture_output=True, text=True, timeout=60,
             )  # fmt: skip
     finally:
         await blocker.close()
     assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert refused.stderr == (
-        "wallet: a statement ran past WALLET_STATEMENT_TIMEOUT_MS (300 ms);"
-        " set it higher for this command\n"
-    )
+    first, second = refused.stderr.splitlines()
+    assert first == f"wallet: the database stopped the command: {said}"
+    assert second.startswith("wallet: WALLET_STATEMENT_TIMEOUT_MS is ")
+    assert "Traceback" not in refused.stderr

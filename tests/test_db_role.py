@@ -21,7 +21,7 @@ from tests.factories import Factory
 from tests.test_group_commit import _gold, _groups, _queued
 from wallet import ledger
 from wallet.db.engine import create_engine
-from wallet.errors import IdempotencyKeyReused, InsufficientFunds, TransactionNotFound
+from wallet.errors import IdempotencyKeyReused, InsufficientFunds, TransactionNotFound, UserNotFound
 from wallet.seed import ALICE
 
 ROLE = "wallet_test_service"
@@ -211,3 +211,48 @@ async def test_service_role_deletes_no_account_with_a_history(
             async with service.begin() as conn:
                 await conn.execute(text(statement), {"u": emptied})
         assert getattr(caught.value.orig, "sqlstate", None) == "W0101"
+
+
+async def test_service_role_runs_operations_naming_no_one_and_leaves_their_keys_free(
+    service: AsyncEngine, service_url: str, factory: Factory
+) -> None:
+    """An operation naming an unknown user or asset fails alone (404) and leaves its key free for
+    a corrected request. Its key was claimed up front and then deleted, which the service's role
+    may not do: the whole batch answered 500, and a group failed whole (`posted="failed"`)."""
+    user, nobody = await factory.user(gold=10), uuid.uuid4()
+    wrong: list[ledger.TransactRequest | ledger.TransferRequest] = [
+        ledger.TransactRequest(nobody, "gold_coins", 5, "TOPUP"),
+        ledger.TransactRequest(user, "no_such_asset", 5, "TOPUP"),
+        ledger.TransferRequest(user, nobody, "gold_coins", 5),
+        ledger.TransferRequest(nobody, user, "gold_coins", 5),
+    ]
+    keys = [str(uuid.uuid4()) for _ in wrong]
+    async with service.begin() as conn:
+        done = await ledger.batch(
+            conn,
+            [ledger.BatchOperation(r, key=k) for r, k in zip(wrong, keys, strict=True)],
+            atomic=False,
+            key=str(uuid.uuid4()),
+            principal="",
+        )
+    assert isinstance(done, ledger.BatchDone)
+    assert [type(r).__name__ for r in done.results] == [
+        "UserNotFound",
+        "AssetNotFound",
+        "UserNotFound",
+        "UserNotFound",
+    ]
+    async with service.begin() as conn:  # each key is free: a corrected request runs under it
+        topup = await ledger.transact(
+            conn, ledger.TransactRequest(user, "gold_coins", 5, "TOPUP"), key=keys[0],
+            principal="",
+        )  # fmt: skip
+    assert (topup.outcome, topup.replayed) == ("COMPLETED", False)
+    async with _groups(service_url) as (groups, pool, metrics):
+        answers = await _queued(
+            groups, pool, [(_gold(user, 2), str(uuid.uuid4())), (_gold(nobody, 2), keys[1])]
+        )
+    assert metrics.group_commits.labels("each")._value.get() == 1  # not "failed", then alone
+    assert isinstance(answers[0], ledger.TransactOutcome)
+    assert isinstance(answers[1], UserNotFound)
+    assert await factory.balance(user) == 17

@@ -53,12 +53,18 @@ def _run(
     work: Callable[[AsyncConnection], Awaitable[T]],
     *,
     isolation_level: str = "READ COMMITTED",
+    lock_timeout_ms: int = 2000,
     statement_timeout_ms: int = 15000,
 ) -> T:
     """Run `work` in one committed transaction on a short-lived engine."""
 
     async def main() -> T:
-        engine = create_engine(database_url, pool_size=1, statement_timeout_ms=statement_timeout_ms)
+        engine = create_engine(
+            database_url,
+            pool_size=1,
+            lock_timeout_ms=lock_timeout_ms,
+            statement_timeout_ms=statement_timeout_ms,
+        )
         try:
             async with engine.connect() as conn:
                 await conn.execution_options(isolation_level=isolation_level)
@@ -253,6 +259,7 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
             url,
             audit,
             isolation_level="REPEATABLE READ",
+            lock_timeout_ms=settings.lock_timeout_ms,
             statement_timeout_ms=settings.statement_timeout_ms,
         )
     print(report.render())
@@ -269,6 +276,7 @@ def cmd_purge_idempotency(args: argparse.Namespace, settings: Settings) -> int:
         removed = _run(
             url,
             lambda conn: ledger.purge_idempotency(conn, older_than=timedelta(hours=hours)),
+            lock_timeout_ms=settings.lock_timeout_ms,
             statement_timeout_ms=settings.statement_timeout_ms,
         )
     print(f"removed {removed} idempotency keys older than {hours} hours")
@@ -361,16 +369,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (DBAPIError, asyncpg.PostgresError) as error:
         state = sqlstate(error) or ""
-        if state == _QUERY_CANCELED:  # the statement timeout: an answer, not a breach (exit 1)
+        found = getattr(error, "orig", error)
+        if state in _STOPPED:  # the command could not finish: not a breach (audit's exit 1)
+            print(f"wallet: the database stopped the command: {found}", file=sys.stderr)
             print(
-                f"wallet: a statement ran past WALLET_STATEMENT_TIMEOUT_MS"
-                f" ({settings.statement_timeout_ms} ms); set it higher for this command",
+                f"wallet: WALLET_STATEMENT_TIMEOUT_MS is {settings.statement_timeout_ms},"
+                f" WALLET_LOCK_TIMEOUT_MS {settings.lock_timeout_ms}: raise them for a longer"
+                " run, or run it again once the session holding a lock is done",
                 file=sys.stderr,
             )
             return 2
         if not state.startswith(_CANNOT_CONNECT):
             raise
-        found = getattr(error, "orig", error)
         print(f"wallet: cannot connect to the database: {found}", file=sys.stderr)
         return 2
     return code
@@ -379,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
 # SQLSTATE classes of a refused connection: connection exception, invalid authorization (a role
 # or password), invalid catalog name (no such database).
 _CANNOT_CONNECT: Final = ("08", "28", "3D")
-_QUERY_CANCELED: Final = "57014"
+# A statement cancelled (its timeout, or an operator's pg_cancel_backend) or a lock not granted
+# within the lock timeout.
+_STOPPED: Final = ("57014", "55P03")
 
 
 if __name__ == "__main__":

@@ -188,8 +188,12 @@ LANGUAGE plpgsql AS $$
 -- SPEND claims its key as COMPLETED by its transaction (as wallet_transact does), a TRANSFER
 -- with no outcome yet (as wallet_transfer does). A key given twice is claimed for its first
 -- operation. Answers the keys claimed; a key stored before (or by a request that committed
--- meanwhile) is not, and its operation replays it (ledger_batch_op). PL/pgSQL keeps the
--- statement's plan for the session, where an SQL function would plan it at every call.
+-- meanwhile) is not, and its operation replays it (ledger_batch_op). Nor is the key of an
+-- operation naming a user or an asset that does not exist: that operation fails (W0001, W0002)
+-- and must leave its key free, which only its own rollback can do (the service's role may not
+-- delete a key); it claims its key as it runs, and a request alone with that key locks nothing.
+-- PL/pgSQL keeps the statement's plan for the session, where an SQL function would plan it at
+-- every call.
 DECLARE
     v_claimed text[];
 BEGIN
@@ -200,6 +204,11 @@ BEGIN
                CASE WHEN o.v->>'op' <> 'TRANSFER' THEN (o.v->>'txn')::uuid END
           FROM jsonb_array_elements(p_ops) WITH ORDINALITY o (v, i)
          WHERE o.v->>'key' IS NOT NULL
+           AND EXISTS (SELECT FROM assets s WHERE s.slug = o.v->>'assetSlug')
+           AND EXISTS (SELECT FROM users u
+                        WHERE u.id = (coalesce(o.v->>'userId', o.v->>'fromUserId'))::uuid)
+           AND (o.v->>'op' <> 'TRANSFER'
+                OR EXISTS (SELECT FROM users u WHERE u.id = (o.v->>'toUserId')::uuid))
          ORDER BY o.v->>'key', o.i
         ON CONFLICT DO NOTHING
         RETURNING key
@@ -1139,9 +1148,10 @@ CREATE OR REPLACE FUNCTION ledger_batch_each(
 ) RETURNS jsonb LANGUAGE plpgsql AS $$
 -- Each operation alone, in order, under its own key (ledger_batch_op), in the caller's transaction
 -- and locks: an unknown user or asset is that operation's ERROR, not the batch's, naming it
--- (`subject`: the id or slug ledger_require_user or ledger_asset could not find), and releases
--- its key if this transaction claimed it (`p_claimed`, ledger_claim_keys), as the operation's
--- own rollback would. A claimed key is the first operation's with that key; a later one replays.
+-- (`subject`: the id or slug ledger_require_user or ledger_asset could not find); its rollback
+-- leaves its key free (ledger_claim_keys claims no key of such an operation). `p_claimed`: the
+-- keys this transaction claimed (ledger_claim_keys), each for the first operation with it; a
+-- later one replays.
 DECLARE
     v_results jsonb[] := '{}';
     v_one jsonb;
@@ -1161,9 +1171,6 @@ BEGIN
             GET STACKED DIAGNOSTICS v_subject = PG_EXCEPTION_DETAIL;
             v_one := jsonb_build_object('outcome', 'ERROR', 'code', ledger_error_code(SQLSTATE),
                                         'subject', v_subject);
-            IF v_claimed THEN
-                DELETE FROM idempotency_keys k WHERE k.scope = p_scope AND k.key = v_op->>'key';
-            END IF;
         END;
         v_results := v_results || v_one;
     END LOOP;
