@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.factories import Factory
 from wallet import ledger
 from wallet.db.engine import create_engine
+from wallet.errors import IdempotencyKeyReused
 from wallet.inputs import TxType
 
 
@@ -417,3 +418,62 @@ async def test_one_key_sent_alone_and_in_a_batch_at_once_never_deadlocks(
     assert (result.replayed, posted.replayed) == (False, True)
     assert posted.transaction_id == result.transaction_id
     assert await factory.balance(user) == (15 if kind == "TOPUP" else 5)
+
+
+async def test_two_batches_each_using_the_others_key_for_an_operation_never_deadlock(
+    engine: AsyncEngine, database_url: str, factory: Factory
+) -> None:
+    """A batch claimed its own key, then its operations' keys in key order. Batch A (key x,
+    operations under a0 and y) held x and waited for a0 (held by a third session); batch B
+    (key y, an operation under x) held y and waited for x; once a0 was free, A waited for y:
+    PostgreSQL failed one (40P01, 503). A batch claims its own key in the same pass, in key order:
+    B takes x and y and posts, and A finds its key used (IDEMPOTENCY_KEY_REUSED)."""
+    user = await factory.user(gold=10)
+    tag = uuid.uuid4().hex
+    a0, x, y = f"a0-{tag}", f"x-{tag}", f"y-{tag}"
+    third_engine, a_engine, b_engine = (
+        create_engine(database_url, pool_size=1, lock_timeout_ms=10_000) for _ in range(3)
+    )
+
+    def topup(key: str) -> ledger.BatchOperation:
+        return ledger.BatchOperation(
+            ledger.TransactRequest(user, "gold_coins", 5, "TOPUP"), key=key
+        )
+
+    async def batch(
+        engine: AsyncEngine, key: str, operations: list[ledger.BatchOperation]
+    ) -> object:
+        async with engine.begin() as conn:
+            return await ledger.batch(conn, operations, atomic=False, key=key, principal="")
+
+    try:
+        async with third_engine.connect() as third:
+            holding = await third.begin()
+            await third.execute(
+                text("INSERT INTO idempotency_keys (scope, key, fingerprint) VALUES ('', :k, '')"),
+                {"k": a0},
+            )
+            first = asyncio.create_task(batch(a_engine, x, [topup(a0), topup(y)]))
+            await _waiting_for_a_lock(engine, 1)
+            second = asyncio.create_task(batch(b_engine, y, [topup(x)]))
+            for _ in range(200):  # B posts, or (as it did) waits for A's key
+                if second.done():
+                    break
+                async with engine.connect() as conn:
+                    waiting = await conn.scalar(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                        )
+                    )
+                if waiting >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            await holding.rollback()  # a0 is free
+        a_done, b_done = await asyncio.gather(first, second, return_exceptions=True)
+    finally:
+        for one in (third_engine, a_engine, b_engine):
+            await one.dispose()
+    assert isinstance(b_done, ledger.BatchDone), b_done
+    assert isinstance(a_done, IdempotencyKeyReused), a_done
+    assert await factory.balance(user) == 15

@@ -459,6 +459,46 @@ async def test_the_same_operation_key_twice_in_one_batch_runs_once(
     assert await gold(client, user) == 15
 
 
+@pytest.mark.parametrize("atomic", [False, True])
+async def test_an_operation_under_the_batchs_own_key_finds_it_used(
+    client: httpx.AsyncClient, factory: Factory, atomic: bool
+) -> None:
+    """The batch's key and its operations' are claimed in one pass: the batch's comes first, and
+    an operation under it finds it used by another request (the batch), as on its route. The
+    answer is stored and replayed under the batch's key, and nothing moved."""
+    user = await factory.user(gold=10)
+    key = new_key()
+    body = batch(atomic, [*keyed(op("BONUS", user, 5)), op("BONUS", user, 6, idempotencyKey=key)])
+    first = await post_batch(client, body, key=key)
+    if atomic:
+        error = assert_error(first, 422, "BATCH_FAILED")
+        assert error["details"] == {"index": 1, "code": "IDEMPOTENCY_KEY_REUSED"}
+    else:
+        found = results(first)
+        assert found[0]["status"] == 200
+        assert (found[1]["status"], found[1]["code"]) == (422, "IDEMPOTENCY_KEY_REUSED")
+    assert_replayed(first, await post_batch(client, body, key=key))
+    assert await gold(client, user) == (10 if atomic else 15)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_one_atomic_batch_sent_at_once_many_times_runs_once(
+    client: httpx.AsyncClient, factory: Factory, fails: bool
+) -> None:
+    """A failed atomic batch rolls back its key with the rest, then claims it again to store the
+    failure: the copies that waited for it get one stored answer, as when it succeeds."""
+    user = await factory.user(gold=10)
+    key = new_key()
+    body = batch(True, keyed(op("BONUS", user, 5), op("SPEND", user, 100 if fails else 1)))
+    answers = await asyncio.gather(*(post_batch(client, body, key=key) for _ in range(12)))
+    first = [a for a in answers if a.headers.get("Idempotent-Replayed") is None]
+    assert len(first) == 1
+    for again in answers:
+        assert (again.status_code, again.content) == (first[0].status_code, first[0].content)
+    assert first[0].status_code == (422 if fails else 200)
+    assert await gold(client, user) == (10 if fails else 14)
+
+
 # --------------------------------------------------------------------------------------------
 # The batch's own key, and validation before anything runs
 # --------------------------------------------------------------------------------------------

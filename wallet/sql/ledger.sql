@@ -17,15 +17,16 @@
 -- * A wallet opens with the first coins that arrive in it. A request that opened one and then
 --   posted nothing to it (refused) takes it away again in its own transaction, before anyone else
 --   can see it (ledger_close_unused, trg_accounts_unused_only), so a refusal leaves no wallet.
--- * Idempotency: each public function claims (scope, key) first, and a batch or a group all its
---   operations' keys, in key order, before it locks any wallet; a concurrent duplicate blocks on
---   that row. Outcomes the ledger decides (COMPLETED and the 422s) are stored with the answer and
+-- * Idempotency: each public function claims (scope, key) first, and a batch (its own key with
+--   them) or a group all its operations' keys, in key order, before it locks any wallet; a
+--   concurrent duplicate blocks on that row. Outcomes the ledger decides (COMPLETED and the 422s) are stored with the answer and
 --   replayed; errors raised with a W0xxx SQLSTATE roll back, so a corrected retry can run. A
 --   TOPUP, BONUS or SPEND claims its key as COMPLETED by its transaction, and rewrites it only
 --   when it does not complete.
 -- * Raised SQLSTATEs: W0001 user not found, W0002 asset not found, W0003 transaction not found,
 --   W0004 hold not found, W0005 invalid batch operation, W0008 a transfer to its sender,
---   W0100 unbalanced, W0101 append-only. An asset's whole Treasury without room for a posting
+--   W0100 unbalanced, W0101 append-only; within a batch, W0200 an operation failed and W0201
+--   its key was used before. An asset's whole Treasury without room for a posting
 --   is the posting's BALANCE_LIMIT_EXCEEDED, stored and replayed as a wallet's limit is.
 
 CREATE OR REPLACE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -180,8 +181,9 @@ CREATE OR REPLACE FUNCTION ledger_store_outcome(
      WHERE k.scope = p_scope AND k.key = p_key;
 $$;
 --;
-CREATE OR REPLACE FUNCTION ledger_claim_keys(p_scope text, p_ops jsonb) RETURNS text[]
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION ledger_claim_keys(
+    p_scope text, p_ops jsonb, p_key text DEFAULT NULL, p_fingerprint bytea DEFAULT NULL
+) RETURNS text[] LANGUAGE plpgsql AS $$
 -- Claim the keys of a batch's or a group's operations at once, in key order, before any wallet
 -- is locked: a request alone claims its key, then locks its wallets, so a batch that locked
 -- first and then waited for a key a request alone held could deadlock with it. A TOPUP, BONUS or
@@ -192,6 +194,10 @@ LANGUAGE plpgsql AS $$
 -- operation naming a user or an asset that does not exist: that operation fails (W0001, W0002)
 -- and must leave its key free, which only its own rollback can do (the service's role may not
 -- delete a key); it claims its key as it runs, and a request alone with that key locks nothing.
+-- A batch's own key (`p_key`) is claimed in the same pass, in its place in key order (two
+-- batches each using the other's key for an operation would otherwise wait for each other); if
+-- it was used before, this raises W0201, and the caller's rollback frees every key claimed here.
+-- It is not among the keys answered: an operation under it finds it used.
 -- PL/pgSQL keeps the statement's plan for the session, where an SQL function would plan it at
 -- every call.
 DECLARE
@@ -199,21 +205,32 @@ DECLARE
 BEGIN
     WITH claimed AS (
         INSERT INTO idempotency_keys (scope, key, fingerprint, outcome, transaction_id)
-        SELECT p_scope, o.v->>'key', decode(o.v->>'fingerprint', 'hex'),
-               CASE WHEN o.v->>'op' <> 'TRANSFER' THEN 'COMPLETED' END,
-               CASE WHEN o.v->>'op' <> 'TRANSFER' THEN (o.v->>'txn')::uuid END
-          FROM jsonb_array_elements(p_ops) WITH ORDINALITY o (v, i)
-         WHERE o.v->>'key' IS NOT NULL
-           AND EXISTS (SELECT FROM assets s WHERE s.slug = o.v->>'assetSlug')
-           AND EXISTS (SELECT FROM users u
-                        WHERE u.id = (coalesce(o.v->>'userId', o.v->>'fromUserId'))::uuid)
-           AND (o.v->>'op' <> 'TRANSFER'
-                OR EXISTS (SELECT FROM users u WHERE u.id = (o.v->>'toUserId')::uuid))
-         ORDER BY o.v->>'key', o.i
+        SELECT p_scope, k.key, k.fingerprint, k.outcome, k.transaction_id
+          FROM (SELECT 0::bigint AS i, p_key AS key, p_fingerprint AS fingerprint,
+                       NULL::text AS outcome, NULL::uuid AS transaction_id
+                 WHERE p_key IS NOT NULL
+                UNION ALL
+                SELECT o.i, o.v->>'key', decode(o.v->>'fingerprint', 'hex'),
+                       CASE WHEN o.v->>'op' <> 'TRANSFER' THEN 'COMPLETED' END,
+                       CASE WHEN o.v->>'op' <> 'TRANSFER' THEN (o.v->>'txn')::uuid END
+                  FROM jsonb_array_elements(p_ops) WITH ORDINALITY o (v, i)
+                 WHERE o.v->>'key' IS NOT NULL
+                   AND EXISTS (SELECT FROM assets s WHERE s.slug = o.v->>'assetSlug')
+                   AND EXISTS (SELECT FROM users u
+                                WHERE u.id = (coalesce(o.v->>'userId', o.v->>'fromUserId'))::uuid)
+                   AND (o.v->>'op' <> 'TRANSFER'
+                        OR EXISTS (SELECT FROM users u WHERE u.id = (o.v->>'toUserId')::uuid))) k
+         ORDER BY k.key, k.i
         ON CONFLICT DO NOTHING
         RETURNING key
     )
     SELECT coalesce(array_agg(c.key), '{}') INTO v_claimed FROM claimed c;
+    IF p_key IS NOT NULL THEN
+        IF NOT p_key = ANY (v_claimed) THEN
+            RAISE EXCEPTION 'key % was used before', p_key USING ERRCODE = 'W0201';
+        END IF;
+        v_claimed := array_remove(v_claimed, p_key);
+    END IF;
     RETURN v_claimed;
 END $$;
 --;
@@ -1243,13 +1260,13 @@ CREATE OR REPLACE FUNCTION wallet_batch(
     p_principal text
 ) RETURNS TABLE (outcome text, replayed boolean, fingerprint_matches boolean, result jsonb)
 LANGUAGE plpgsql AS $$
--- Up to 1,000 TOPUP, BONUS, SPEND and TRANSFER operations in one round trip. The operations'
--- keys are claimed first, in key order (ledger_claim_keys), then every account they touch is
--- locked, in ascending id order, so concurrent batches, groups and requests alone never
--- deadlock. Atomic: all or nothing; the first failure rolls everything back (BATCH_FAILED), the
--- keys it claimed and the wallets it opened for its credits included; without per-operation
--- keys it is posted set-based (ledger_batch_set). Not atomic: each operation stands alone under
--- its own key.
+-- Up to 1,000 TOPUP, BONUS, SPEND and TRANSFER operations in one round trip. The batch's key and
+-- its operations' keys are claimed first, in key order (ledger_claim_keys), then every account
+-- they touch is locked, in ascending id order, so concurrent batches, groups and requests alone
+-- never deadlock. Atomic: all or nothing; the first failure rolls everything back (BATCH_FAILED),
+-- the keys it claimed and the wallets it opened for its credits included, and then claims the
+-- batch's key again to store the failure; without per-operation keys it is posted set-based
+-- (ledger_batch_set). Not atomic: each operation stands alone under its own key.
 DECLARE
     v_stored idempotency_keys;
     v_results jsonb[] := '{}';
@@ -1262,16 +1279,9 @@ DECLARE
     v_set jsonb;
     v_claimed text[];
 BEGIN
-    v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
-    IF v_stored.scope IS NOT NULL THEN
-        RETURN QUERY SELECT v_stored.outcome::text, true, v_stored.fingerprint = p_fingerprint,
-                            v_stored.result;
-        RETURN;
-    END IF;
-
     IF p_atomic THEN
-        BEGIN  -- a failure rolls back to here: the key stays claimed, nothing else is left
-            v_claimed := ledger_claim_keys(p_scope, p_ops);
+        BEGIN  -- a failure, or a key used before, rolls back to here: nothing is left
+            v_claimed := ledger_claim_keys(p_scope, p_ops, p_key, p_fingerprint);
             v_pins := ledger_lock_batch(p_ops)->'pins';  -- its wallets all credited, or rolled back
             IF NOT EXISTS (SELECT FROM jsonb_array_elements(p_ops) o
                             WHERE o->>'key' IS NOT NULL) THEN
@@ -1300,6 +1310,8 @@ BEGIN
                 END LOOP;
             END IF;
         EXCEPTION
+            WHEN SQLSTATE 'W0201' THEN
+                NULL;  -- the batch's key was used before: replayed below
             WHEN SQLSTATE 'W0200' THEN
                 NULL;  -- v_failure says which; everything the batch did is rolled back
             WHEN SQLSTATE 'W0001' OR SQLSTATE 'W0002' THEN
@@ -1307,21 +1319,40 @@ BEGIN
                                                 'code', ledger_error_code(SQLSTATE));
         END;
         IF v_failure IS NOT NULL THEN
-            PERFORM ledger_store_outcome(p_scope, p_key, 'BATCH_FAILED', NULL, v_failure);
-            RETURN QUERY SELECT 'BATCH_FAILED'::text, false, true, v_failure;
+            -- Claim the key again to store the failure. A request under it that waited for this
+            -- one may have run meanwhile (this one left nothing): its answer is then replayed.
+            v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
+            IF v_stored.scope IS NULL THEN
+                PERFORM ledger_store_outcome(p_scope, p_key, 'BATCH_FAILED', NULL, v_failure);
+                RETURN QUERY SELECT 'BATCH_FAILED'::text, false, true, v_failure;
+                RETURN;
+            END IF;
+        ELSIF v_claimed IS NOT NULL THEN
+            v_set := coalesce(v_set, to_jsonb(v_results));
+            PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', NULL, v_set);
+            RETURN QUERY SELECT 'COMPLETED'::text, false, true, v_set;
             RETURN;
         END IF;
-        v_set := coalesce(v_set, to_jsonb(v_results));
-        PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', NULL, v_set);
-        RETURN QUERY SELECT 'COMPLETED'::text, false, true, v_set;
-        RETURN;
+    ELSE
+        BEGIN  -- a key used before rolls back to here, freeing the operations' keys claimed
+            v_claimed := ledger_claim_keys(p_scope, p_ops, p_key, p_fingerprint);
+        EXCEPTION WHEN SQLSTATE 'W0201' THEN
+            NULL;  -- replayed below
+        END;
+        IF v_claimed IS NOT NULL THEN
+            v_lock := ledger_lock_batch(p_ops);
+            v_set := ledger_batch_each(p_ops, p_scope, p_principal, v_claimed);
+            PERFORM ledger_close_unused(v_lock->'opened');  -- the refused credits' new wallets
+            PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', NULL, v_set);
+            RETURN QUERY SELECT 'COMPLETED'::text, false, true, v_set;
+            RETURN;
+        END IF;
     END IF;
-    v_claimed := ledger_claim_keys(p_scope, p_ops);
-    v_lock := ledger_lock_batch(p_ops);
-    v_set := ledger_batch_each(p_ops, p_scope, p_principal, v_claimed);
-    PERFORM ledger_close_unused(v_lock->'opened');  -- the refused credits' new wallets
-    PERFORM ledger_store_outcome(p_scope, p_key, 'COMPLETED', NULL, v_set);
-    RETURN QUERY SELECT 'COMPLETED'::text, false, true, v_set;
+    IF v_stored.scope IS NULL THEN  -- the key was used before this batch
+        v_stored := ledger_claim_key(p_scope, p_key, p_fingerprint);
+    END IF;
+    RETURN QUERY SELECT v_stored.outcome::text, true, v_stored.fingerprint = p_fingerprint,
+                        v_stored.result;
 END $$;
 --;
 CREATE OR REPLACE FUNCTION wallet_transact_group(p_scope text, p_ops jsonb, p_principal text)

@@ -9,8 +9,11 @@ Create Date: 2026-11-29
   wallet (`ledger_claim_keys`, which a group commit now uses too). It locked its wallets first,
   then claimed each operation's key as it ran it; a request alone claims its key first, then
   locks. The same key sent to both at once could deadlock them (PostgreSQL failed one, answered
-  503 BUSY). A claimed TRANSFER's outcome is stored as `wallet_transfer` stores it, and a key an
-  operation repeats is claimed for its first operation only (a later one replays it).
+  503 BUSY). The batch's own key is claimed in the same pass, in its place in key order (two
+  batches each using the other's key for an operation deadlocked too). A claimed TRANSFER's
+  outcome is stored as `wallet_transfer` stores it, and a key an operation repeats is claimed
+  for its first operation only (a later one replays it). The key of an operation naming an
+  unknown user or asset is not claimed up front: it fails alone, and its rollback frees its key.
 * `wallet_app` may UPDATE the `id` of transactions: a reversal locks the transaction it reverses
   (`SELECT ... FOR UPDATE`, so that concurrent reversals of it queue), and a row lock needs the
   UPDATE privilege. Every reversal failed as the service's role. The append-only trigger still
@@ -63,5 +66,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("REVOKE UPDATE (id) ON transactions FROM wallet_app")
-    op.execute("DROP FUNCTION ledger_claim_keys(text, jsonb)")
+    op.execute("DROP FUNCTION ledger_claim_keys(text, jsonb, text, bytea)")
     _run(PREVIOUS.read_text(encoding="utf-8"))
