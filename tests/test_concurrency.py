@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.factories import Factory
 from wallet import ledger
 from wallet.db.engine import create_engine
-from wallet.errors import IdempotencyKeyReused
+from wallet.errors import BatchFailed, IdempotencyKeyReused, UserNotFound
 from wallet.inputs import TxType
 
 
@@ -477,3 +477,63 @@ async def test_two_batches_each_using_the_others_key_for_an_operation_never_dead
     assert isinstance(b_done, ledger.BatchDone), b_done
     assert isinstance(a_done, IdempotencyKeyReused), a_done
     assert await factory.balance(user) == 15
+
+
+@pytest.mark.parametrize("atomic", [False, True])
+async def test_an_operation_naming_no_one_never_waits_for_its_key(
+    engine: AsyncEngine, database_url: str, factory: Factory, atomic: bool
+) -> None:
+    """An operation naming an unknown user claimed its key as it ran, after its batch had locked
+    its wallets. A request alone that had claimed that key and queued for one of those wallets
+    then waited for the batch while the batch waited for the key: PostgreSQL failed one (40P01,
+    503). The operation fails before its key, as its route would, without claiming or waiting for
+    it; the request alone then posts."""
+    user, nobody, key = await factory.user(gold=10), uuid.uuid4(), str(uuid.uuid4())
+    third_engine, alone_engine, batch_engine = (
+        create_engine(database_url, pool_size=1, lock_timeout_ms=10_000) for _ in range(3)
+    )
+    operations = [
+        ledger.BatchOperation(
+            ledger.TransactRequest(user, "gold_coins", 1, "BONUS"), key=str(uuid.uuid4())
+        ),
+        ledger.BatchOperation(ledger.TransactRequest(nobody, "gold_coins", 5, "TOPUP"), key=key),
+    ]
+
+    async def alone() -> object:
+        async with alone_engine.begin() as conn:
+            request = ledger.TransactRequest(user, "gold_coins", 5, "TOPUP")
+            return await ledger.transact(conn, request, key=key, principal="")
+
+    async def batch() -> object:
+        async with batch_engine.begin() as conn:
+            return await ledger.batch(
+                conn, operations, atomic=atomic, key=str(uuid.uuid4()), principal=""
+            )
+
+    try:
+        async with third_engine.begin() as third:
+            await third.execute(
+                text(
+                    "SELECT 1 FROM accounts a JOIN assets s ON s.id = a.asset_id"
+                    " WHERE a.user_id = :u AND s.slug = 'gold_coins' FOR UPDATE"
+                ),
+                {"u": user},
+            )
+            first = asyncio.create_task(batch())
+            await _waiting_for_a_lock(engine, 1)
+            second = asyncio.create_task(alone())
+            await _waiting_for_a_lock(engine, 2)
+        batched, posted = await asyncio.gather(first, second)  # the third session committed
+    finally:
+        for one in (third_engine, alone_engine, batch_engine):
+            await one.dispose()
+    assert isinstance(posted, ledger.TransactOutcome)
+    assert (posted.outcome, posted.replayed) == ("COMPLETED", False)
+    if atomic:
+        assert isinstance(batched, BatchFailed)
+        assert batched.details == {"index": 1, "code": "USER_NOT_FOUND"}
+        assert await factory.balance(user) == 15
+    else:
+        assert isinstance(batched, ledger.BatchDone)
+        assert isinstance(batched.results[1], UserNotFound)
+        assert await factory.balance(user) == 16

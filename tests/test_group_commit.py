@@ -483,3 +483,27 @@ def test_a_grouped_posting_answered_as_an_error_raises_what_it_raises_alone(
     with pytest.raises(error) as raised:
         transact_answer(answer, request)
     assert raised.value.message == message.format(user=user)
+
+
+async def test_a_grouped_posting_under_a_batchs_key_is_reused_and_spares_the_group(
+    database_url: str, engine: AsyncEngine, factory: Factory
+) -> None:
+    """A batch's key stores no balances. A TOPUP under it, in a group, had its answer read
+    balances first: `int(None)` failed the whole group's answers after it had committed (the
+    bystanders' postings were told 500). It is IDEMPOTENCY_KEY_REUSED, as alone."""
+    user, other = await factory.user(gold=1), await factory.user()
+    used = _key()
+    async with engine.begin() as conn:
+        done = await ledger.batch(
+            conn,
+            [ledger.BatchOperation(_gold(other, 3), key=_key())],
+            atomic=False,
+            key=used,
+            principal="group-test",
+        )
+    assert isinstance(done, ledger.BatchDone)
+    async with _groups(database_url) as (groups, pool, _):
+        answers = await _queued(groups, pool, [(_gold(user, 2), _key()), (_gold(user, 5), used)])
+    assert isinstance(answers[0], ledger.TransactOutcome)
+    assert isinstance(answers[1], IdempotencyKeyReused)
+    assert (await factory.balance(user), await factory.balance(other)) == (3, 3)

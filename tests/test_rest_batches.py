@@ -499,6 +499,40 @@ async def test_one_atomic_batch_sent_at_once_many_times_runs_once(
     assert await gold(client, user) == (10 if fails else 14)
 
 
+@pytest.mark.parametrize("second", ["TOPUP", "TRANSFER"])
+async def test_a_key_whose_first_operation_names_no_one_is_the_next_operations(
+    client: httpx.AsyncClient, factory: Factory, second: str
+) -> None:
+    """Run in order, the first operation under the key fails (an unknown user) and leaves it
+    free, so the next one under it runs, as the two sent one after the other to their routes.
+    The key was claimed for the first, whose failure then left the second half a claim: a TRANSFER
+    answered 500 and kept a key without an outcome, a TOPUP failed its commit."""
+    user, other = await factory.user(gold=10), await factory.user()
+    key = new_key()
+    then = op("TOPUP", user, 4) if second == "TOPUP" else transfer_op(user, other, 4)
+    operations = [
+        op("TOPUP", uuid.uuid4(), 5, idempotencyKey=key),
+        {**then, "idempotencyKey": key},
+        *keyed(op("BONUS", user, 1)),
+    ]
+    body = batch(False, operations)
+    batch_key = new_key()
+    first = await post_batch(client, body, key=batch_key)
+    found = results(first)
+    assert [r["status"] for r in found] == [404, 200, 200]
+    assert found[0]["code"] == "USER_NOT_FOUND"
+    assert_replayed(first, await post_batch(client, body, key=batch_key))
+    route = "/api/wallet/transact" if second == "TOPUP" else "/api/wallet/transfer"
+    alone = {k: v for k, v in then.items() if k != "op"} | (
+        {"type": "TOPUP"} if second == "TOPUP" else {}
+    )
+    replay = await client.post(route, json=alone, headers={"Idempotency-Key": key})
+    assert replay.headers.get("Idempotent-Replayed") == "true"
+    assert replay.json()["data"] == found[1]["data"]
+    assert await golds(client, [user, other]) == ([15, 0] if second == "TOPUP" else [7, 4])
+    await audit_ok(client)
+
+
 # --------------------------------------------------------------------------------------------
 # The batch's own key, and validation before anything runs
 # --------------------------------------------------------------------------------------------

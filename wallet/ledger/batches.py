@@ -161,9 +161,10 @@ async def batch(
 @dataclass(frozen=True, slots=True)
 class GroupPosted:
     """A group's answers, in order: each as `transact_pg` would return it, or the error it
-    would raise; `together` when the group was posted set-based (every posting completed)."""
+    would raise; `together` when the group was posted set-based (every posting completed). An
+    answer that cannot be read is that posting's error alone: the group has committed."""
 
-    answers: list[TransactOutcome | WalletError]
+    answers: list[TransactOutcome | Exception]
     together: bool
 
 
@@ -180,10 +181,10 @@ async def transact_group_pg(
         _GROUP_PG, principal, orjson.dumps([o.payload() for o in group]).decode(), principal
     )
     posted = orjson.loads(raw)
-    answers: list[TransactOutcome | WalletError] = []
+    answers: list[TransactOutcome | Exception] = []
     for request, result in zip(requests, posted["results"], strict=True):
         try:
             answers.append(transact_answer(result, request))
-        except WalletError as error:
+        except Exception as error:  # a WalletError, or a fault of this answer's alone
             answers.append(error)
     return GroupPosted(answers=answers, together=posted["set"])

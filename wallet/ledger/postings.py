@@ -112,6 +112,8 @@ def transact_answer(raw: Mapping[str, Any], request: TransactRequest) -> Transac
     `transact_pg` raises or returns the same answer."""
     if raw["outcome"] == "ERROR":
         raise operation_error(raw["code"], raw.get("subject"))
+    if not raw["fingerprintMatches"]:  # before the balances: another route's key stores none
+        raise key_reused(optional_uuid(raw["transactionId"]))
     row = {
         "outcome": raw["outcome"],
         "replayed": raw["replayed"],

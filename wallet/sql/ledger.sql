@@ -188,16 +188,18 @@ CREATE OR REPLACE FUNCTION ledger_claim_keys(
 -- is locked: a request alone claims its key, then locks its wallets, so a batch that locked
 -- first and then waited for a key a request alone held could deadlock with it. A TOPUP, BONUS or
 -- SPEND claims its key as COMPLETED by its transaction (as wallet_transact does), a TRANSFER
--- with no outcome yet (as wallet_transfer does). A key given twice is claimed for its first
--- operation. Answers the keys claimed; a key stored before (or by a request that committed
--- meanwhile) is not, and its operation replays it (ledger_batch_op). Nor is the key of an
--- operation naming a user or an asset that does not exist: that operation fails (W0001, W0002)
--- and must leave its key free, which only its own rollback can do (the service's role may not
--- delete a key); it claims its key as it runs, and a request alone with that key locks nothing.
+-- with no outcome yet (as wallet_transfer does).
+-- Each key is claimed for the first operation under it that names an existing user (or two)
+-- and asset (ledger_claimants says which). An operation naming one that does not exist fails
+-- (W0001, W0002) and must leave its key free, which only its own rollback could do (the
+-- service's role may not delete a key): it never claims it, nor waits for it
+-- (ledger_batch_claim).
 -- A batch's own key (`p_key`) is claimed in the same pass, in its place in key order (two
 -- batches each using the other's key for an operation would otherwise wait for each other); if
 -- it was used before, this raises W0201, and the caller's rollback frees every key claimed here.
--- It is not among the keys answered: an operation under it finds it used.
+-- Answers the operations' keys claimed; a key stored before (or by a request that committed
+-- meanwhile) is not, and its operations replay it. The batch's own key is not among them: an
+-- operation under it finds it used.
 -- PL/pgSQL keeps the statement's plan for the session, where an SQL function would plan it at
 -- every call.
 DECLARE
@@ -214,13 +216,13 @@ BEGIN
                        CASE WHEN o.v->>'op' <> 'TRANSFER' THEN 'COMPLETED' END,
                        CASE WHEN o.v->>'op' <> 'TRANSFER' THEN (o.v->>'txn')::uuid END
                   FROM jsonb_array_elements(p_ops) WITH ORDINALITY o (v, i)
-                 WHERE o.v->>'key' IS NOT NULL
+                 WHERE o.v->>'key' IS NOT NULL  -- and its users and asset exist
                    AND EXISTS (SELECT FROM assets s WHERE s.slug = o.v->>'assetSlug')
                    AND EXISTS (SELECT FROM users u
                                 WHERE u.id = (coalesce(o.v->>'userId', o.v->>'fromUserId'))::uuid)
                    AND (o.v->>'op' <> 'TRANSFER'
                         OR EXISTS (SELECT FROM users u WHERE u.id = (o.v->>'toUserId')::uuid))) k
-         ORDER BY k.key, k.i
+         ORDER BY k.key, k.i  -- of a key given twice, the first row is claimed
         ON CONFLICT DO NOTHING
         RETURNING key
     )
@@ -232,6 +234,47 @@ BEGIN
         v_claimed := array_remove(v_claimed, p_key);
     END IF;
     RETURN v_claimed;
+END $$;
+--;
+CREATE OR REPLACE FUNCTION ledger_claimants(p_scope text, p_ops jsonb, p_claimed text[])
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+-- {key: the ordinal (from 1) of the operation ledger_claim_keys claimed it for}: the first
+-- operation under the key whose request is the one the claim stored.
+    SELECT coalesce(jsonb_object_agg(f.key, f.i), '{}')
+      FROM (SELECT DISTINCT ON (o.v->>'key') o.v->>'key' AS key, o.i
+              FROM jsonb_array_elements(p_ops) WITH ORDINALITY o (v, i)
+              JOIN idempotency_keys k ON k.scope = p_scope AND k.key = o.v->>'key'
+             WHERE o.v->>'key' = ANY (p_claimed)
+               AND k.fingerprint = decode(o.v->>'fingerprint', 'hex')
+             ORDER BY o.v->>'key', o.i) f;
+$$;
+--;
+CREATE OR REPLACE FUNCTION ledger_batch_claim(
+    p_op jsonb, p_ordinal integer, p_claims jsonb, p_scope text
+) RETURNS boolean LANGUAGE plpgsql AS $$
+-- Whether an operation of a batch or a group runs under the key claimed for it
+-- (ledger_claim_keys). One that names a user or an asset that does not exist, and would find its
+-- key free if it ran alone at this point (no one stored it, or it is claimed for a later
+-- operation of this batch), fails here with its route's not-found (W0002, then W0001, in its
+-- route's order), without claiming or waiting for its key.
+DECLARE
+    v_key text := p_op->>'key';
+    v_for integer := (p_claims->>v_key)::integer;
+BEGIN
+    IF v_key IS NULL THEN
+        RETURN false;
+    ELSIF v_for = p_ordinal THEN
+        RETURN true;
+    ELSIF v_for > p_ordinal
+       OR (v_for IS NULL AND NOT EXISTS (SELECT FROM idempotency_keys k
+                                         WHERE k.scope = p_scope AND k.key = v_key)) THEN
+        PERFORM ledger_asset(p_op->>'assetSlug');
+        PERFORM ledger_require_user((coalesce(p_op->>'userId', p_op->>'fromUserId'))::uuid);
+        IF p_op->>'op' = 'TRANSFER' THEN
+            PERFORM ledger_require_user((p_op->>'toUserId')::uuid);
+        END IF;
+    END IF;
+    RETURN false;  -- a replay, or (made since the keys were claimed) its users and asset exist
 END $$;
 --;
 CREATE OR REPLACE FUNCTION ledger_asset(p_slug text) RETURNS assets LANGUAGE plpgsql STABLE AS $$
@@ -989,7 +1032,7 @@ CREATE OR REPLACE FUNCTION ledger_batch_op(
 ) RETURNS jsonb LANGUAGE plpgsql AS $$
 -- One operation of a batch, under its own key when it has one (exactly the rules of its own
 -- route, so a retry of that route replays it). Answers the raw outcome; the service shapes it.
--- `p_claimed`: this transaction has claimed the operation's key already (ledger_claim_keys).
+-- `p_claimed`: this transaction has claimed the operation's key for it (ledger_batch_claim).
 DECLARE
     v_key text := p_op->>'key';
     v_fingerprint bytea := decode(p_op->>'fingerprint', 'hex');
@@ -1165,25 +1208,22 @@ CREATE OR REPLACE FUNCTION ledger_batch_each(
 ) RETURNS jsonb LANGUAGE plpgsql AS $$
 -- Each operation alone, in order, under its own key (ledger_batch_op), in the caller's transaction
 -- and locks: an unknown user or asset is that operation's ERROR, not the batch's, naming it
--- (`subject`: the id or slug ledger_require_user or ledger_asset could not find); its rollback
--- leaves its key free (ledger_claim_keys claims no key of such an operation). `p_claimed`: the
--- keys this transaction claimed (ledger_claim_keys), each for the first operation with it; a
--- later one replays.
+-- (`subject`: the id or slug ledger_require_user or ledger_asset could not find), and its key
+-- stays free. `p_claimed`: the keys this transaction claimed (ledger_claim_keys), each for one
+-- operation (ledger_claimants, ledger_batch_claim).
 DECLARE
+    v_claims jsonb := ledger_claimants(p_scope, p_ops, p_claimed);
     v_results jsonb[] := '{}';
     v_one jsonb;
     v_op jsonb;
-    v_unused text[] := p_claimed;
-    v_claimed boolean;
+    v_ordinal bigint;
     v_subject text;
 BEGIN
-    FOR v_op IN SELECT * FROM jsonb_array_elements(p_ops) LOOP
-        v_claimed := coalesce(v_op->>'key' = ANY (v_unused), false);
-        IF v_claimed THEN
-            v_unused := array_remove(v_unused, v_op->>'key');
-        END IF;
+    FOR v_op, v_ordinal IN SELECT o.v, o.i FROM jsonb_array_elements(p_ops) WITH ORDINALITY o (v, i)
+    LOOP
         BEGIN
-            v_one := ledger_batch_op(v_op, p_scope, p_principal, v_claimed);
+            v_one := ledger_batch_op(v_op, p_scope, p_principal,
+                                     ledger_batch_claim(v_op, v_ordinal::integer, v_claims, p_scope));
         EXCEPTION WHEN SQLSTATE 'W0001' OR SQLSTATE 'W0002' THEN
             GET STACKED DIAGNOSTICS v_subject = PG_EXCEPTION_DETAIL;
             v_one := jsonb_build_object('outcome', 'ERROR', 'code', ledger_error_code(SQLSTATE),
@@ -1278,6 +1318,7 @@ DECLARE
     v_lock jsonb;
     v_set jsonb;
     v_claimed text[];
+    v_claims jsonb;
 BEGIN
     IF p_atomic THEN
         BEGIN  -- a failure, or a key used before, rolls back to here: nothing is left
@@ -1288,12 +1329,11 @@ BEGIN
                 v_set := ledger_batch_set(p_ops, p_principal, v_pins);
             END IF;
             IF v_set IS NULL THEN  -- not set-based: each operation in order
+                v_claims := ledger_claimants(p_scope, p_ops, v_claimed);
                 FOR v_op IN SELECT * FROM jsonb_array_elements(p_ops) LOOP
                     v_one := ledger_batch_op(v_op, p_scope, p_principal,
-                                             coalesce(v_op->>'key' = ANY (v_claimed), false));
-                    IF v_op->>'key' = ANY (v_claimed) THEN  -- a later operation with it replays
-                        v_claimed := array_remove(v_claimed, v_op->>'key');
-                    END IF;
+                                             ledger_batch_claim(v_op, v_index + 1, v_claims,
+                                                                p_scope));
                     IF NOT (v_one->>'fingerprintMatches')::boolean THEN
                         v_failure := jsonb_build_object('index', v_index,
                                                         'code', 'IDEMPOTENCY_KEY_REUSED');

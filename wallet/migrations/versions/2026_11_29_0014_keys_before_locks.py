@@ -12,8 +12,10 @@ Create Date: 2026-11-29
   503 BUSY). The batch's own key is claimed in the same pass, in its place in key order (two
   batches each using the other's key for an operation deadlocked too). A claimed TRANSFER's
   outcome is stored as `wallet_transfer` stores it, and a key an operation repeats is claimed
-  for its first operation only (a later one replays it). The key of an operation naming an
-  unknown user or asset is not claimed up front: it fails alone, and its rollback frees its key.
+  for its first operation only (a later one replays it). An operation naming an unknown user
+  or asset never claims its key, nor waits for it: it fails alone as its route would, before
+  its key (`ledger_batch_claim`), and the key is claimed for the first operation under it that
+  names existing ones.
 * `wallet_app` may UPDATE the `id` of transactions: a reversal locks the transaction it reverses
   (`SELECT ... FOR UPDATE`, so that concurrent reversals of it queue), and a row lock needs the
   UPDATE privilege. Every reversal failed as the service's role. The append-only trigger still
@@ -66,5 +68,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("REVOKE UPDATE (id) ON transactions FROM wallet_app")
-    op.execute("DROP FUNCTION ledger_claim_keys(text, jsonb, text, bytea)")
+    for function in (
+        "ledger_claim_keys(text, jsonb, text, bytea)",
+        "ledger_claimants(text, jsonb, text[])",
+        "ledger_batch_claim(jsonb, integer, jsonb, text)",
+    ):
+        op.execute(f"DROP FUNCTION {function}")
     _run(PREVIOUS.read_text(encoding="utf-8"))
