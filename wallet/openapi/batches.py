@@ -53,17 +53,15 @@ BATCH_DONE: Final = object_of(
                 TRANSFERRED,
                 object_of(status={"const": 200}, data=OPERATION_DATA),
                 {
-                    **object_of(
-                        status={"type": "integer", "minimum": 400, "maximum": 499},
-                        code={"type": "string"},
-                        message={"type": "string"},
-                    ),
+                    "type": "object",
+                    "required": ["status", "code", "message"],
                     "properties": {
                         "status": {"type": "integer", "minimum": 400, "maximum": 499},
                         "code": {"type": "string"},
                         "message": {"type": "string"},
                         "details": {"type": "object"},
                     },
+                    "additionalProperties": False,
                 },
             ]
         },

@@ -19,15 +19,15 @@
 --   can see it (ledger_close_unused, trg_accounts_unused_only), so a refusal leaves no wallet.
 -- * Idempotency: each public function claims (scope, key) first, and a batch (its own key with
 --   them) or a group all its operations' keys, in key order, before it locks any wallet; a
---   concurrent duplicate blocks on that row. Outcomes the ledger decides (COMPLETED and the 422s) are stored with the answer and
---   replayed; errors raised with a W0xxx SQLSTATE roll back, so a corrected retry can run. A
---   TOPUP, BONUS or SPEND claims its key as COMPLETED by its transaction, and rewrites it only
---   when it does not complete.
+--   concurrent duplicate blocks on that row. Outcomes the ledger decides (COMPLETED and the
+--   422s) are stored with the answer and replayed; errors raised with a W0xxx SQLSTATE roll
+--   back, so a corrected retry can run. A TOPUP, BONUS or SPEND claims its key as COMPLETED by
+--   its transaction, and rewrites it only when it does not complete.
 -- * Raised SQLSTATEs: W0001 user not found, W0002 asset not found, W0003 transaction not found,
 --   W0004 hold not found, W0005 invalid batch operation, W0008 a transfer to its sender,
 --   W0100 unbalanced, W0101 append-only; within a batch, W0200 an operation failed and W0201
---   its key was used before. An asset's whole Treasury without room for a posting
---   is the posting's BALANCE_LIMIT_EXCEEDED, stored and replayed as a wallet's limit is.
+--   its key was used before. An asset's whole Treasury without room for a posting is the
+--   posting's BALANCE_LIMIT_EXCEEDED, stored and replayed as a wallet's limit is.
 
 CREATE OR REPLACE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
 -- After each INSERT statement on transactions: every new transaction has entries, so they came in
@@ -1219,11 +1219,13 @@ DECLARE
     v_ordinal bigint;
     v_subject text;
 BEGIN
-    FOR v_op, v_ordinal IN SELECT o.v, o.i FROM jsonb_array_elements(p_ops) WITH ORDINALITY o (v, i)
+    FOR v_op, v_ordinal IN
+        SELECT o.v, o.i FROM jsonb_array_elements(p_ops) WITH ORDINALITY o (v, i)
     LOOP
         BEGIN
-            v_one := ledger_batch_op(v_op, p_scope, p_principal,
-                                     ledger_batch_claim(v_op, v_ordinal::integer, v_claims, p_scope));
+            v_one := ledger_batch_op(
+                v_op, p_scope, p_principal,
+                ledger_batch_claim(v_op, v_ordinal::integer, v_claims, p_scope));
         EXCEPTION WHEN SQLSTATE 'W0001' OR SQLSTATE 'W0002' THEN
             GET STACKED DIAGNOSTICS v_subject = PG_EXCEPTION_DETAIL;
             v_one := jsonb_build_object('outcome', 'ERROR', 'code', ledger_error_code(SQLSTATE),
@@ -1402,8 +1404,8 @@ RETURNS jsonb LANGUAGE plpgsql AS $$
 -- a posting alone takes them, keys first, then wallets, then the Treasury: every key in key order
 -- (no group holds a wallet while it waits for a key; ledger_claim_keys, as a batch claims its
 -- operations'), then every wallet in ascending id order and one Treasury shard per asset
--- (ledger_lock_batch). When every key is new and every posting
--- completes, set-based (ledger_batch_set), the keys then left as claimed; otherwise each
+-- (ledger_lock_batch). When every key is new and every posting completes, set-based
+-- (ledger_batch_set), the keys then left as claimed; otherwise each
 -- posting runs alone, in order, as wallet_transact (ledger_batch_each), which decides every
 -- other case: a replay, a reused key, a refusal, an unknown user or asset.
 -- Answers {"set": whether the set-based path posted, "results": each posting's answer, as
