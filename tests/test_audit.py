@@ -158,10 +158,10 @@ def scratch_database(server_url: str) -> Iterator[str]:
     drop_database(server_url, url)
 
 
-def wallet_cli(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+def wallet_cli(*args: str, database_url: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "wallet.cli", *args],
-        env={**os.environ, "DATABASE_URL": database_url},
+        env={**os.environ, "DATABASE_URL": database_url, **env},
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -283,17 +283,15 @@ async def test_an_audit_the_database_stops_is_said_in_lines_not_a_breach(
         async with blocker.transaction():
             await blocker.execute("LOCK TABLE holds IN ACCESS EXCLUSIVE MODE")
             refused = await asyncio.to_thread(
-                subprocess.run,
-                [sys.executable, "-m", "wallet.cli", "audit"],
-                env={
-                    **os.environ,
-                    "DATABASE_URL": scratch_database,
+                wallet_cli,
+                "audit",
+                database_url=scratch_database,
+                **{
                     "WALLET_STATEMENT_TIMEOUT_MS": "10000",
                     "WALLET_LOCK_TIMEOUT_MS": "10000",
                     **timeouts,
                 },
-                cwd=ROOT, capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
+            )
     finally:
         await blocker.close()
     assert refused.returncode == 2, refused.stdout + refused.stderr

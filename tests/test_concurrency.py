@@ -9,7 +9,7 @@ from collections import Counter
 import httpx
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tests.factories import Factory
 from wallet import ledger
@@ -293,10 +293,26 @@ async def test_a_posting_that_waited_for_its_wallet_is_judged_on_the_balance_it_
         await engine.dispose()
 
 
-async def _waiting_for_a_lock(engine: AsyncEngine, count: int) -> None:
-    """Until `count` sessions of this database wait for a lock (10 s at most). Each look is its
-    own transaction: a transaction reads pg_stat_activity once and keeps what it read."""
+async def _lock_gold_wallet(conn: AsyncConnection, user: uuid.UUID) -> None:
+    """Hold the user's gold wallet in `conn`'s transaction, as a third session."""
+    await conn.execute(
+        text(
+            "SELECT 1 FROM accounts a JOIN assets s ON s.id = a.asset_id"
+            " WHERE a.user_id = :u AND s.slug = 'gold_coins' FOR UPDATE"
+        ),
+        {"u": user},
+    )
+
+
+async def _waiting_for_a_lock(
+    engine: AsyncEngine, count: int, *, unless: asyncio.Task[object] | None = None
+) -> None:
+    """Until `count` sessions of this database wait for a lock, or `unless` is done (10 s at
+    most). Each look is its own transaction: a transaction reads pg_stat_activity once and keeps
+    what it read."""
     for _ in range(200):
+        if unless is not None and unless.done():
+            return
         async with engine.begin() as conn:
             waiting = await conn.scalar(
                 text(
@@ -339,13 +355,7 @@ async def test_a_transfer_and_a_batch_opening_one_wallet_never_deadlock(
 
     try:
         async with third_engine.begin() as third:
-            await third.execute(
-                text(
-                    "SELECT 1 FROM accounts a JOIN assets s ON s.id = a.asset_id"
-                    " WHERE a.user_id = :u AND s.slug = 'gold_coins' FOR UPDATE"
-                ),
-                {"u": sender},
-            )
+            await _lock_gold_wallet(third, sender)
             first = asyncio.create_task(transfer())
             await _waiting_for_a_lock(engine, 1)
             second = asyncio.create_task(batch())
@@ -396,13 +406,7 @@ async def test_one_key_sent_alone_and_in_a_batch_at_once_never_deadlocks(
 
     try:
         async with third_engine.begin() as third:
-            await third.execute(
-                text(
-                    "SELECT 1 FROM accounts a JOIN assets s ON s.id = a.asset_id"
-                    " WHERE a.user_id = :u AND s.slug = 'gold_coins' FOR UPDATE"
-                ),
-                {"u": user},
-            )
+            await _lock_gold_wallet(third, user)
             first = asyncio.create_task(batch())
             await _waiting_for_a_lock(engine, 1)
             second = asyncio.create_task(alone())
@@ -456,19 +460,7 @@ async def test_two_batches_each_using_the_others_key_for_an_operation_never_dead
             first = asyncio.create_task(batch(a_engine, x, [topup(a0), topup(y)]))
             await _waiting_for_a_lock(engine, 1)
             second = asyncio.create_task(batch(b_engine, y, [topup(x)]))
-            for _ in range(200):  # B posts, or (as it did) waits for A's key
-                if second.done():
-                    break
-                async with engine.connect() as conn:
-                    waiting = await conn.scalar(
-                        text(
-                            "SELECT count(*) FROM pg_stat_activity"
-                            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                        )
-                    )
-                if waiting >= 2:
-                    break
-                await asyncio.sleep(0.05)
+            await _waiting_for_a_lock(engine, 2, unless=second)  # B posts, or (did) waits for x
             await holding.rollback()  # a0 is free
         a_done, b_done = await asyncio.gather(first, second, return_exceptions=True)
     finally:
@@ -512,13 +504,7 @@ async def test_an_operation_naming_no_one_never_waits_for_its_key(
 
     try:
         async with third_engine.begin() as third:
-            await third.execute(
-                text(
-                    "SELECT 1 FROM accounts a JOIN assets s ON s.id = a.asset_id"
-                    " WHERE a.user_id = :u AND s.slug = 'gold_coins' FOR UPDATE"
-                ),
-                {"u": user},
-            )
+            await _lock_gold_wallet(third, user)
             first = asyncio.create_task(batch())
             await _waiting_for_a_lock(engine, 1)
             second = asyncio.create_task(alone())
