@@ -15,7 +15,15 @@ A TOPUP in a group is counted the same way: groups of 8 TOPUPs to distinct users
 of `wallet_transact_group` as group commit makes it (10 and then 50 groups), divided by the 320
 postings between them. A revision older than group commit (migration 0008) has no such row.
 
-Usage: python -m bench.instructions [--against 0006]   (make bench-instructions)
+With `--breakdown`, what the posting's guards cost and what the team's reference posting
+(../shared/reference/dbceiling, `wallet_sharded_fn.sql`: its `wallet_spend` on its own schema,
+in a database of its own on the same server) costs, counted the same way: a TOPUP at the newest
+migration, then again after dropping, one after the other, the balanced checks (the statement
+triggers on transactions and entries), the two foreign keys a TOPUP checks (its key's
+transaction, its transaction's user) and the held check on accounts. The guards are dropped on
+that private server only.
+
+Usage: python -m bench.instructions [--against 0006 | --breakdown]   (make bench-instructions)
 """
 
 from __future__ import annotations
@@ -93,12 +101,48 @@ def group_statements(count: int, seed: int = 11) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The guards, dropped one after the other by --breakdown: what each costs a TOPUP.
+GUARDS: list[tuple[str, str]] = [
+    (
+        "without the balanced checks",
+        "DROP TRIGGER trg_transactions_balanced ON transactions;"
+        " DROP TRIGGER trg_entries_balanced ON entries",
+    ),
+    (
+        "without those and the two foreign keys",
+        "ALTER TABLE idempotency_keys"
+        " DROP CONSTRAINT fk_idempotency_keys_transaction_id_transactions;"
+        " ALTER TABLE transactions DROP CONSTRAINT fk_transactions_user_id_users",
+    ),
+    ("without any guard (also the held check)", "DROP TRIGGER trg_accounts_held ON accounts"),
+]
+REFERENCE_DATABASE = "reference"
+
+
+def reference_statements(count: int, seed: int = 13) -> str:
+    """`count` calls of the reference's posting as its wallet_sharded_fn.sql makes them: a
+    random one of its 10,000 users, a random one of 64 Treasury rows, a new key."""
+    draw = random.Random(seed)
+    return "".join(
+        f"SELECT wallet_spend({draw.randint(1001, 11000)}, {draw.randint(0, 63)},"
+        f" '{uuid.UUID(int=draw.getrandbits(128), version=4)}') AS txn\n"
+        for _ in range(count)
+    )
+
+
 def instructions(
-    server: Server, workdir: Path, script: str, *, completed: int, sets: int = 0
+    server: Server,
+    workdir: Path,
+    script: str,
+    *,
+    completed: int,
+    sets: int = 0,
+    database: str = "wallet",
 ) -> int:
     """callgrind's instruction total for `postgres --single` running `script` on a copy of the
-    server's (stopped) data directory; `completed` postings must say COMPLETED, and `sets`
-    groups must have been posted set-based (not each alone)."""
+    server's (stopped) data directory; `completed` postings must say COMPLETED (in the
+    reference's database: must name their transaction), and `sets` groups must have been
+    posted set-based (not each alone)."""
     copy = workdir / "copy"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(server.datadir, copy, symlinks=True)
@@ -108,7 +152,7 @@ def instructions(
     done = subprocess.run(
         [
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-            str(server.bindir / "postgres"), "--single", "-D", str(copy), "-F", "wallet",
+            str(server.bindir / "postgres"), "--single", "-D", str(copy), "-F", database,
         ],
         input=script,
         text=True,
@@ -117,8 +161,12 @@ def instructions(
         check=True,
         timeout=1800,
     )  # fmt: skip
-    # A TOPUP alone prints `outcome = "COMPLETED"`; a group, its jsonb `"outcome": "COMPLETED"`.
-    found_completed = len(re.findall(r'outcome"?\s*[=:]\s*\\?"COMPLETED', done.stdout))
+    # A TOPUP alone prints `outcome = "COMPLETED"`; a group, its jsonb `"outcome": "COMPLETED"`;
+    # the reference's posting, `txn = "<its id>"`.
+    done_pattern = (
+        r'txn = "\d+"' if database == REFERENCE_DATABASE else (r'outcome"?\s*[=:]\s*\\?"COMPLETED')
+    )
+    found_completed = len(re.findall(done_pattern, done.stdout))
     if found_completed != completed:
         raise RuntimeError(f"{found_completed} TOPUPs completed of {completed}")
     if done.stdout.count('"set": true') != sets:
@@ -133,6 +181,16 @@ def instructions(
 def per_posting(server: Server, workdir: Path) -> int:
     few = instructions(server, workdir, statements(FEW), completed=FEW)
     many = instructions(server, workdir, statements(MANY), completed=MANY)
+    return (many - few) // (MANY - FEW)
+
+
+def per_reference_posting(server: Server, workdir: Path) -> int:
+    few, many = (
+        instructions(
+            server, workdir, reference_statements(n), completed=n, database=REFERENCE_DATABASE
+        )
+        for n in (FEW, MANY)
+    )
     return (many - few) // (MANY - FEW)
 
 
@@ -165,9 +223,49 @@ def measure(pair: Pair, workdir: Path) -> tuple[int, int | None]:
     return alone, in_group
 
 
+async def _load_reference(url: str) -> None:
+    """The reference's schema and posting, in a database of their own beside `url`'s."""
+    from bench.cli import REFERENCE_DIR
+
+    conn = await asyncpg.connect(seeding.with_database(url, "postgres"))
+    try:
+        await conn.execute(f'CREATE DATABASE "{REFERENCE_DATABASE}"')
+    finally:
+        await conn.close()
+    await seeding.load_reference(seeding.with_database(url, REFERENCE_DATABASE), str(REFERENCE_DIR))
+
+
+async def _execute(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def breakdown(pair: Pair, workdir: Path) -> list[tuple[str, int]]:
+    """A TOPUP at head, the reference's posting, then a TOPUP without each guard in turn."""
+    asyncio.run(_load_reference(pair.primary_url))
+    pair.primary.stop()
+    rows = [
+        ("a TOPUP (head)", per_posting(pair.primary, workdir)),
+        ("the reference posting", per_reference_posting(pair.primary, workdir)),
+    ]
+    for name, sql in GUARDS:
+        pair.primary.start()
+        asyncio.run(_execute(pair.primary_url, sql))
+        pair.primary.stop()
+        rows.append((f"a TOPUP {name}", per_posting(pair.primary, workdir)))
+    pair.primary.start()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--against", default="0006", help="the older revision (default 0006)")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="what the guards and the reference cost"
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind not found (Debian's package valgrind)")
@@ -179,6 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pair.start_primary()
         asyncio.run(seeding.prepare(url, users=USERS, history_users=0))
+        if args.breakdown:
+            rows = breakdown(pair, workdir)
+            print("PostgreSQL instructions per posting (callgrind, single-user mode)")
+            print("| posting | instructions | the reference / it |")
+            print("|---|---:|---:|")
+            for name, count in rows:
+                print(f"| {name} | {count:,} | {rows[1][1] / count:.2f} |")
+            return 0
         head = measure(pair, workdir)
         command.downgrade(alembic_config(url), args.against)
         older = measure(pair, workdir)
