@@ -310,12 +310,36 @@ async def test_authorization_matrix(
 ) -> None:
     outcome = await call(http, secured.base, op, secured.credentials[caller])
     if caller in INVALID:
-        # The WebSocket handshake is refused before it is accepted (HTTP 403), or closed 4401.
-        # A WebSocket is refused at the handshake (HTTP 403), or closed: 4401 for a bad header,
-        # 4403 for a connection_init without valid credentials.
-        assert outcome in ((403, 4401, 4403) if op == "subscribe" else (401,)), outcome
+        # A WebSocket upgrade with a bad header is refused as HTTP refuses it (401, before 101);
+        # one without a header is accepted, and closed 4403 at its connection_init.
+        if op == "subscribe" and caller == "none":
+            assert outcome == 4403
+        else:
+            assert outcome == 401, outcome
     else:
         assert outcome == ALLOWED[caller][op]
+
+
+@pytest.mark.parametrize("caller", ["bad key", "revoked key", "alg-none token"])
+async def test_an_upgrade_with_a_bad_credential_is_refused_in_json(
+    secured: Secured, caller: str
+) -> None:
+    """The refusal a client can read, as the browser guard's refused upgrades are: the JSON
+    401 with its code and WWW-Authenticate header (it was an empty 403, uvicorn's answer to a
+    close before the socket was accepted)."""
+    url = secured.base.replace("http://", "ws://") + "/graphql"
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        async with websockets.connect(
+            url,
+            subprotocols=PROTOCOLS,
+            additional_headers={"Authorization": secured.credentials[caller] or ""},
+        ):
+            pass
+    response = refused.value.response
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert response.headers["Content-Type"] == "application/json"
+    assert json.loads(bytes(response.body or b""))["code"] == "UNAUTHENTICATED"
 
 
 @pytest.mark.parametrize("caller", CALLERS)

@@ -329,11 +329,8 @@ class GatewayMiddleware:
             return
         try:
             principal = await self._principal(scope, authorization)
-        except WalletError as error:
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 4401, "reason": error.message})
-            else:
-                await refuse(scope, receive, send, error, refusal_headers(error))
+        except WalletError as error:  # an upgrade too: its JSON refusal (401, 429), never 101
+            await refuse(scope, receive, send, error, refusal_headers(error))
             return
         except (DBAPIError, PoolTimeout, OSError) as trouble:
             await answer_database_trouble(scope, receive, send, trouble)
