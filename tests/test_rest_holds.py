@@ -448,6 +448,42 @@ async def test_a_key_a_posting_used_names_its_transaction_on_every_hold_route(
     assert (await get_hold(client, hold_id))["status"] == "HELD"
 
 
+@pytest.mark.parametrize("refused", ["capture", "void"])
+async def test_a_key_whose_first_request_was_refused_names_no_transaction_when_reused(
+    client: httpx.AsyncClient, factory: Factory, refused: str
+) -> None:
+    """A capture or void refused HOLD_NOT_ACTIVE stores the hold, which names the capture
+    another key made: reused, its key names no transaction (it named that capture before), on a
+    hold route, a posting route and in a batch."""
+    user, other = await factory.user(gold=100), await factory.user(gold=0)
+    hold_id = (await held(client, user, 10))["holdId"]
+    assert_ok(await capture(client, hold_id, {"amount": 4}))
+    key = new_key()
+    first = await (
+        capture(client, hold_id, key=key)
+        if refused == "capture"
+        else void(client, hold_id, key=key)
+    )
+    assert_error(first, 422, "HOLD_NOT_ACTIVE")
+    transfer = {"fromUserId": str(user), "toUserId": str(other), "assetSlug": GOLD, "amount": 1}
+    batch = {"atomic": False, "operations": [{"op": "TRANSFER", "idempotencyKey": key, **transfer}]}
+    reuses = [
+        await capture(client, hold_id, {"amount": 2}, key=key),
+        await post_json(
+            client, "/api/wallet/transact", {**hold_body(user, 1), "type": "BONUS"}, key=key
+        ),
+        await post_json(client, "/api/wallet/transfer", transfer, key=key),
+    ]
+    for response in reuses:
+        error = assert_error(response, 422, "IDEMPOTENCY_KEY_REUSED")
+        assert error["details"]["originalTransactionId"] is None, error
+    answered = assert_ok(await post_json(client, "/api/wallet/batch", batch))
+    operation = answered["results"][0]
+    assert operation["code"] == "IDEMPOTENCY_KEY_REUSED", operation
+    assert operation["details"]["originalTransactionId"] is None, operation
+    assert await amounts(client, user) == (96, 96, 0)
+
+
 # --------------------------------------------------------------------------------------------
 # POST /api/wallet/holds/{holdId}/capture
 # --------------------------------------------------------------------------------------------

@@ -102,7 +102,9 @@ def _result(operation: BatchOperation, raw: dict[str, Any]) -> OperationResult:
     if raw["outcome"] == "ERROR":
         return operation_error(raw["code"], raw.get("subject"))
     if not raw["fingerprintMatches"]:  # a posting's transaction, or a TRANSFER's answer
-        return key_reused(raw.get("transactionId") or stored_transaction(raw.get("result")))
+        return key_reused(
+            raw.get("transactionId") or stored_transaction(raw["outcome"], raw.get("result"))
+        )
     request = operation.request
     if isinstance(request, TransferRequest):
         return transfer_outcome(

@@ -215,14 +215,18 @@ async def call_keyed(
     except DBAPIError as error:
         raise_for_sqlstate(error, **messages)
     if not row.fingerprint_matches:
-        raise key_reused(stored_transaction(row.result))
+        raise key_reused(stored_transaction(row.outcome, row.result))
     return Stored(row.outcome, row.replayed, row.result)
 
 
-def stored_transaction(result: object) -> object:
-    """The transaction a stored answer names (its `transactionId`), if it is an object that
-    names one: a batch's answer (a list) or a refusal names none."""
-    return result.get("transactionId") if isinstance(result, Mapping) else None
+def stored_transaction(outcome: object, result: object) -> object:
+    """The transaction a stored answer names (its `transactionId`) when its request completed
+    and the answer is an object that names one. A batch's answer (a list) names none, nor does
+    a refusal: a hold's capture or void refused HOLD_NOT_ACTIVE stores the hold, which names
+    the capture another key made."""
+    if outcome != "COMPLETED" or not isinstance(result, Mapping):
+        return None
+    return result.get("transactionId")
 
 
 def key_reused(original: object) -> IdempotencyKeyReused:
