@@ -132,6 +132,15 @@ async def test_fragment_definitions_and_spreads_are_capped() -> None:
     assert codes(errors) == {"QUERY_TOO_COMPLEX"}
 
 
+async def test_introspection_past_graphql_cores_depth_is_query_too_complex() -> None:
+    """graphql-core's own introspection limit (a list of fields three deep) is one of its limits,
+    so its code is QUERY_TOO_COMPLEX, as the README says of them all (it was VALIDATION_ERROR)."""
+    deep = '{ __type(name: "Query") { fields { type { fields { type { fields { name } } } } } } }'
+    errors, _ = await run(Settings(), deep)
+    assert [e["message"] for e in errors] == ["Maximum introspection depth exceeded"]
+    assert codes(errors) == {"QUERY_TOO_COMPLEX"}
+
+
 async def test_cycles_and_unknown_fragments_are_validation_errors_not_crashes() -> None:
     cycle = "fragment A on Query { ...B } fragment B on Query { ...A } { ...A }"
     errors, elapsed = await run(Settings(), cycle)

@@ -1219,6 +1219,8 @@ async def test_filters_combine_with_cursors(client: httpx.AsyncClient, factory: 
         ("from=9999-12-31T23:59:59-01:00", "from"),  # no UTC time: past year 9999
         ("to=0001-01-01T00:00:00%2B01:00", "to"),
         ("limit=5&limit=6", "limit"),
+        ("limit=5&%6Cimit=6", "limit"),
+        ("foo=1&limit=5&foo=2", "foo"),  # a parameter the route does not read, given twice
     ],
 )
 async def test_a_bad_filter_is_400_naming_it(
@@ -1226,6 +1228,20 @@ async def test_a_bad_filter_is_400_naming_it(
 ) -> None:
     response = await client.get(f"/api/wallet/transactions/{ALICE}?{query}")
     error(response, HISTORY, "get", 400, "VALIDATION_ERROR", field)
+
+
+async def test_a_query_string_with_empty_parts_or_an_unread_parameter_once_is_read(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    user = await factory.user(gold=10)
+    for query in ("limit=1&", "&limit=1", "limit=1&&foo=1", "foo=1&bar=2&limit=1"):
+        response = await client.get(f"/api/wallet/transactions/{user}?{query}")
+        assert response.status_code == 200, (query, response.text)
+        assert len(response.json()["data"]) == 1
+    for path in (f"/api/wallet/balance/{user}", "/api/assets"):
+        answered = await client.get(f"{path}?x=1&x=2")
+        assert answered.status_code == 400, (path, answered.text)
+        assert answered.json()["code"] == "VALIDATION_ERROR"
 
 
 async def test_a_filter_that_is_not_utf8_text_is_400_not_a_lookup_of_u_fffd(

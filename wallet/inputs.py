@@ -65,8 +65,12 @@ def check_query_string(raw: bytes) -> None:
     ValidationError naming the first that is not. (Starlette reads bytes that are not UTF-8 as
     U+FFFD, which would then be looked up, or matched, as if the client had sent it.) A metadata
     filter's value may hold any character but NUL: a stored metadata string may, and its filter
-    must be able to name it (PostgreSQL's jsonb holds no NUL)."""
+    must be able to name it (PostgreSQL's jsonb holds no NUL). A name given twice is refused,
+    whether or not the route reads it: which of its values counts would be a guess."""
+    seen: set[str] = set()
     for part in raw.split(b"&"):
+        if not part:  # `?a=1&`, `?&a=1`: nothing between two separators
+            continue
         name, _, value = part.partition(b"=")
         name_bytes = unquote_to_bytes(name.replace(b"+", b" "))
         field = name_bytes.decode("utf-8", errors="replace")
@@ -77,6 +81,9 @@ def check_query_string(raw: bytes) -> None:
             raise ValidationError(f"{field} must be UTF-8 text.", field=field) from None
         if _CONTROL.search(name_text):
             raise ValidationError(f"{field} must not hold control characters.", field=field)
+        if name_text in seen:
+            raise ValidationError(f"{field[:80]} is given more than once.", field=field[:80])
+        seen.add(name_text)
         if name_text.startswith(METADATA_FILTER_PREFIX):
             if "\x00" in value_text:
                 raise ValidationError(f"{field} must not hold a NUL character.", field=field)

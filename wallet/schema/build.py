@@ -85,12 +85,16 @@ def _masked(error: GraphQLError, request_id: str) -> GraphQLError:
     )
 
 
+# graphql-core's MaxIntrospectionDepthRule (a specified rule) reports this, without a code.
+_INTROSPECTION_TOO_DEEP: Final = "Maximum introspection depth exceeded"
+
+
 def _aborted(error: GraphQLError) -> bool:
     """Parsing or validation stopped at one of graphql-core's own limits: tokens, nesting (of
-    selections or of fragment spreads), or the number of errors."""
+    selections or of fragment spreads), the number of errors, or introspection's depth."""
     if isinstance(error, GraphQLSyntaxError):
         return error.message.endswith("Parsing aborted.")
-    return isinstance(error, ValidationAbortedError)
+    return isinstance(error, ValidationAbortedError) or error.message == _INTROSPECTION_TOO_DEEP
 
 
 def shape_error(error: GraphQLError, *, request_id: str, hide_suggestions: bool) -> GraphQLError:
