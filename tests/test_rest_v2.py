@@ -418,6 +418,22 @@ async def test_bad_metadata_is_400_naming_it_and_moves_nothing(
     assert (await post(client, TRANSACT, tx_body(user, 1, "TOPUP"), key=key)).status_code == 200
 
 
+@pytest.mark.parametrize("text", ["a\x00b", "\ud800"], ids=["NUL", "lone surrogate"])
+async def test_a_string_postgresql_cannot_store_is_named_as_such(
+    client: httpx.AsyncClient, factory: Factory, text: str
+) -> None:
+    """Not "at most 512 characters" alone, which a one-character value meets."""
+    user = await factory.user(gold=10)
+    body = json.dumps(tx_body(user, 1, "TOPUP", metadata={"s": text})).encode()
+    response = await client.post(
+        TRANSACT,
+        content=body,
+        headers={"Idempotency-Key": new_key(), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    assert "no NUL character or lone surrogate" in response.json()["message"]
+
+
 @pytest.mark.parametrize(
     "raw",
     [

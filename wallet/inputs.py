@@ -45,6 +45,9 @@ def parse_user_id(value: object, *, field: str = "userId") -> uuid.UUID:
     return uuid.UUID(value)
 
 
+_STORABLE: Final = ", with no NUL character or lone surrogate"  # what _is_storable refuses
+
+
 def _is_storable(value: str) -> bool:
     """PostgreSQL text holds neither NUL nor lone surrogates (which are not UTF-8)."""
     if "\x00" in value:
@@ -171,7 +174,8 @@ def parse_metadata(value: object, *, field: str = "metadata") -> dict[str, str |
         if isinstance(item, str):
             if len(item) > 512 or not _is_storable(item):
                 raise ValidationError(
-                    f"{field}.{key} must be a string of at most 512 characters.", field=field
+                    f"{field}.{key} must be a string of at most 512 characters{_STORABLE}.",
+                    field=field,
                 )
         elif isinstance(item, bool) or item is None:
             pass
@@ -193,7 +197,9 @@ def parse_reason(value: object, *, field: str = "reason") -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= 256 or not _is_storable(value):
-        raise ValidationError(f"{field} must be a string of 1 to 256 characters.", field=field)
+        raise ValidationError(
+            f"{field} must be a string of 1 to 256 characters{_STORABLE}.", field=field
+        )
     return value
 
 
@@ -294,6 +300,8 @@ def parse_metadata_filters(
         if key in found:
             raise ValidationError(f"{field} is given twice.", field=field)
         if len(value) > 512 or not _is_storable(value):
-            raise ValidationError(f"{field} must be at most 512 characters.", field=field)
+            raise ValidationError(
+                f"{field} must be at most 512 characters{_STORABLE}.", field=field
+            )
         found[key] = value
     return found
