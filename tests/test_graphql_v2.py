@@ -77,6 +77,22 @@ query B($id: UUID!, $at: DateTime) {
 """
 
 
+async def test_a_balance_of_a_slug_no_asset_could_have_is_a_validation_error(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """As `ledger(assetSlug:)` and REST refuse it; a well-formed slug of no asset is null."""
+    user = await factory.user(gold=10)
+    query = (
+        "query B($id: UUID!, $slug: String!)"
+        " { wallet(userId: $id) { balance(assetSlug: $slug) { amount } } }"
+    )
+    for slug in ("", "x" * 65, "gold_coins\x00"):
+        body = await gql(client, query, {"id": str(user), "slug": slug})
+        assert [e["extensions"]["code"] for e in body["errors"]] == ["VALIDATION_ERROR"], body
+    body = await gql(client, query, {"id": str(user), "slug": "no_such_asset"})
+    assert body == {"data": {"wallet": {"balance": None}}}
+
+
 def key() -> str:
     return str(uuid.uuid4())
 

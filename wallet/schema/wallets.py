@@ -14,6 +14,7 @@ from graphql.execution.values import VariableValues, get_argument_values
 from strawberry.scalars import JSON
 
 from wallet import ledger
+from wallet.inputs import parse_asset_slug
 from wallet.resolvers import holds as resolve_holds
 from wallet.resolvers import wallet as resolve
 from wallet.schema.holds import HoldConnection
@@ -107,6 +108,7 @@ class Wallet:
     async def balance(
         self, info: Ctx, asset_slug: str, at: datetime | None = None
     ) -> Balance | None:
+        parse_asset_slug(asset_slug)  # a slug no asset could have is refused, as `ledger`'s
         for b in await resolve.balances(info.context, self.user_id, at):
             if b.asset.slug == asset_slug:
                 return Balance.of(b, user_id=self.user_id)
