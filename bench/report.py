@@ -26,14 +26,18 @@ LEGACY_READS_PER_S = 4000  # the legacy Node.js service's balance reads on this 
 @dataclass(frozen=True, slots=True)
 class Target:
     name: str
-    value: float
+    value: float | None  # None: not measured in this run (the detail says what is missing)
     threshold: str
     passed: bool
     detail: str
 
+    @property
+    def shown(self) -> str:
+        return "not measured" if self.value is None else f"{self.value:,.2f}"
+
     def line(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        return f"[{verdict}] {self.name}: {self.value:,.2f} (needs {self.threshold}) {self.detail}"
+        return f"[{verdict}] {self.name}: {self.shown} (needs {self.threshold}) {self.detail}"
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,13 +66,26 @@ class Results:
         return sorted({c for _, c in self.cells})
 
 
+def _not_measured(name: str, threshold: str, results: Results, at: int, *names: str) -> Target:
+    """A target this run has no measurement for: it fails, and says which is missing (the
+    reference posting when ../shared/reference/dbceiling is not beside the checkout, say)."""
+    missing = [n for n in names if results.get(n, at) is None]
+    why = (
+        ": the team's ../shared/reference/dbceiling is not beside this checkout;"
+        " WALLET_BENCH_REFERENCE names where it is"
+        if REFERENCE_CEILING in missing
+        else ""
+    )
+    return Target(name, None, threshold, False, f"(no {', '.join(missing)} in this run{why})")
+
+
 def _ratio_target(
     results: Results, name: str, numerator: str, denominator: str, at: int, needs: float
-) -> Target | None:
+) -> Target:
     """numerator / denominator at `at` clients (median of back-to-back pairs) >= needs."""
     num, den = results.get(numerator, at), results.get(denominator, at)
     if num is None or den is None:
-        return None
+        return _not_measured(f"{name}@{at}", f">= {needs:.2f}", results, at, numerator, denominator)
     ratio = results.ratio(numerator, denominator, at)
     return Target(
         f"{name}@{at}",
@@ -79,10 +96,12 @@ def _ratio_target(
     )
 
 
-def _p99_target(results: Results, name: str, at: int, limit_ms: float) -> Target | None:
+def _p99_target(results: Results, name: str, at: int, limit_ms: float) -> Target:
     found = results.get(name, at)
     if found is None:
-        return None
+        return _not_measured(
+            f"{name}@{at} p99 latency (ms)", f"<= {limit_ms:.0f}", results, at, name
+        )
     return Target(
         f"{name}@{at} p99 latency (ms)",
         found.p99_ms,
@@ -92,13 +111,13 @@ def _p99_target(results: Results, name: str, at: int, limit_ms: float) -> Target
     )
 
 
-def _latency_target(
-    results: Results, name: str, baseline: str, *, at: int, most: float
-) -> Target | None:
+def _latency_target(results: Results, name: str, baseline: str, *, at: int, most: float) -> Target:
     """`name`'s median latency at `at` clients, at most `most` times `baseline`'s."""
     found, base = results.get(name, at), results.get(baseline, at)
     if found is None or base is None or not base.p50_ms:
-        return None
+        return _not_measured(
+            f"{name} / {baseline}@{at}: p50 latency", f"<= {most:.2f}", results, at, name, baseline
+        )
     ratio = found.p50_ms / base.p50_ms
     return Target(
         f"{name} / {baseline}@{at}: p50 latency",
@@ -114,7 +133,7 @@ def targets(
     results: Results, *, at: int, hot_wallet: dict[str, Any], audit_ok: bool
 ) -> list[Target]:
     """The issues' targets at `at` clients; every ratio is a median of back-to-back pairs."""
-    found: list[Target | None] = [
+    found: list[Target] = [
         _ratio_target(
             results, "read-balance / floor", "read-balance", "floor/read-balance", at, 0.7
         ),
@@ -214,19 +233,33 @@ def targets(
     ]
     topup = results.get("topup-many", at)
     batch = _fixed(results, "batch-bonus-1000")
+    batch_name = f"batch of 1,000 BONUS: postings/s / topup-many@{at}"
     if batch is not None and topup is not None:
         postings = batch.tps * scenario("batch-bonus-1000").postings_per_request
         found.append(
             Target(
-                f"batch of 1,000 BONUS: postings/s / topup-many@{at}",
+                batch_name,
                 postings / topup.tps if topup.tps else 0.0,
                 ">= 5.00",
                 postings >= 5 * topup.tps,
                 f"({postings:,.0f} postings/s at {batch.clients} clients vs {topup.tps:,.0f})",
             )
         )
+    else:
+        missing = [n for n, c in (("batch-bonus-1000", batch), ("topup-many", topup)) if not c]
+        found.append(Target(batch_name, None, ">= 5.00", False, f"(no {', '.join(missing)})"))
     small = _fixed(results, "batch-atomic-100")
-    if small is not None:
+    if small is None:
+        found.append(
+            Target(
+                "atomic batch of 100: median latency (ms)",
+                None,
+                "<= 100",
+                False,
+                "(no batch-atomic-100 in this run)",
+            )
+        )
+    else:
         found.append(
             Target(
                 "atomic batch of 100: median latency (ms)",
@@ -245,7 +278,7 @@ def targets(
             f"({hot_wallet.get('spends', 0):,} SPENDs; audit {'passed' if audit_ok else 'FAILED'})",
         )
     )
-    return [t for t in found if t is not None]
+    return found
 
 
 def _fixed(results: Results, name: str) -> Cell | None:
@@ -330,7 +363,7 @@ def markdown(
     lines.append("|---|---:|---|---|")
     for t in found_targets:
         verdict = "PASS" if t.passed else "**FAIL**"
-        lines.append(f"| {t.name} {t.detail} | {t.value:,.2f} | {t.threshold} | {verdict} |")
+        lines.append(f"| {t.name} {t.detail} | {t.shown} | {t.threshold} | {verdict} |")
     lines.extend(["", *extra])
     return "\n".join(lines) + "\n"
 
