@@ -247,7 +247,9 @@ def targets(
         )
     else:
         missing = [n for n, c in (("batch-bonus-1000", batch), ("topup-many", topup)) if not c]
-        found.append(Target(batch_name, None, ">= 5.00", False, f"(no {', '.join(missing)})"))
+        found.append(
+            Target(batch_name, None, ">= 5.00", False, f"(no {', '.join(missing)} in this run)")
+        )
     small = _fixed(results, "batch-atomic-100")
     if small is None:
         found.append(
