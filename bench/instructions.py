@@ -44,6 +44,7 @@ import asyncpg
 from alembic import command
 
 from bench import seeding
+from bench.cli import REFERENCE_DIR
 from chaos.standby import Pair, Server
 from wallet.migrations import alembic_config
 
@@ -225,8 +226,6 @@ def measure(pair: Pair, workdir: Path) -> tuple[int, int | None]:
 
 async def _load_reference(url: str) -> None:
     """The reference's schema and posting, in a database of their own beside `url`'s."""
-    from bench.cli import REFERENCE_DIR
-
     conn = await asyncpg.connect(seeding.with_database(url, "postgres"))
     try:
         await conn.execute(f'CREATE DATABASE "{REFERENCE_DATABASE}"')
